@@ -1,0 +1,572 @@
+"""The broker's state machine, with no sockets and no clock.
+
+Theory of operation. The ZeroMQ shell receives a batch of frames, decodes
+each into a request and calls :meth:`Core.handle` with the sender's routing
+id and the time it read once for the batch. The core changes its state and
+writes what must go out into an :class:`Outbox`: replies and pushes for
+DEALERs, and room events. Each event is numbered (``seq``, per room, from
+the store's last number on), encoded once, and added to the store's batch.
+The shell then commits the store and only then publishes the events and
+sends the replies, so nothing is seen before it is durable.
+
+A session belongs to a routing id; its nick is unique, compared case-
+insensitively. Sessions are kept in order of last activity, so expiring the
+silent ones (:meth:`Core.expire`) looks only at the oldest.
+
+Repeated ``say`` and ``pm`` requests (same nick, same ``id``, within ten
+minutes) are answered with the first ``ack`` and change nothing. The map of
+recent ids is rebuilt from the store when the broker starts, so a client
+resending after a crash never duplicates a message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from messages import (
+    HISTORY_MAX,
+    Ack,
+    Bye,
+    ByeReply,
+    Code,
+    Error,
+    Hello,
+    History,
+    HistoryReply,
+    Join,
+    Joined,
+    JoinEvent,
+    LeaveEvent,
+    Limits,
+    MsgEvent,
+    Nick,
+    NickEvent,
+    NickReply,
+    Notice,
+    Part,
+    Parted,
+    Ping,
+    Pm,
+    PmPush,
+    Pong,
+    ProtocolError,
+    Request,
+    RoomInfo,
+    Rooms,
+    RoomsReply,
+    Say,
+    ServerInfo,
+    Topic,
+    TopicEvent,
+    Welcome,
+    Who,
+    WhoReply,
+    WhoUser,
+    decode_event,
+    decode_reply,
+    encode,
+    format_ts,
+    nick_key,
+    parse_ts,
+)
+
+from ._store import Store, StoredEvent
+
+DEDUP_S = 600.0
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the broker promises its clients; every field has a flag."""
+
+    events: str = "tcp://127.0.0.1:5556"
+    name: str = "zchat"
+    heartbeat_ms: int = 5_000
+    timeout_ms: int = 15_000
+    rate: float = 20.0
+    burst: int = 40
+    max_text: int = 4_000
+    max_msg_bytes: int = 65_536
+    curve: bool = False
+
+
+class Session:
+    __slots__ = (
+        "ident",
+        "key",
+        "last_active",
+        "last_seen",
+        "nick",
+        "peer_key",
+        "refilled",
+        "rooms",
+        "token",
+        "tokens",
+    )
+
+    def __init__(self, ident: bytes, nick: str, now: float, burst: int, peer_key: str | None):
+        self.ident = ident
+        self.nick = nick
+        self.key = nick_key(nick)
+        self.token = secrets.token_urlsafe(18)
+        self.rooms: dict[str, None] = {}  # an ordered set: join order
+        self.last_seen = now
+        self.last_active = now
+        self.tokens = float(burst)
+        self.refilled = now
+        self.peer_key = peer_key
+
+
+class Room:
+    __slots__ = ("members", "name", "seq", "topic")
+
+    def __init__(self, name: str, seq: int = 0, topic: str = "") -> None:
+        self.name = name
+        self.seq = seq
+        self.topic = topic
+        self.members: dict[Session, None] = {}
+
+
+@dataclass
+class Outbox:
+    """What one batch produced: sent by the shell after the store commits."""
+
+    replies: list[tuple[bytes, msgspec.Struct]] = field(default_factory=list)
+    events: list[StoredEvent] = field(default_factory=list)
+    notices: list[bytes] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.replies.clear()
+        self.events.clear()
+        self.notices.clear()
+
+
+class Core:
+    """Sessions, rooms, sequence numbers, rate limits, dedup and timeouts.
+
+    Args:
+        config: limits and timings, as announced in ``welcome``.
+        store: the history store; the core adds events to it, the shell
+            commits.
+        epoch: this run's identity, new at every start.
+    """
+
+    def __init__(self, config: Config, store: Store, *, epoch: str | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.epoch = epoch or secrets.token_hex(6)
+        self.sessions: OrderedDict[bytes, Session] = OrderedDict()
+        self.nicks: dict[str, Session] = {}
+        self.rooms: dict[str, Room] = {
+            name: Room(name, st.last_seq, st.topic) for name, st in store.rooms().items()
+        }
+        # (nick key, request id) -> (first ack, when): insertion order is time order.
+        self.recent: OrderedDict[tuple[str, str], tuple[Ack, float]] = OrderedDict()
+        self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
+        self._welcome_tail = dict(
+            server=ServerInfo(name=config.name, version=VERSION, epoch=self.epoch),
+            events=config.events,
+            heartbeat_ms=config.heartbeat_ms,
+            timeout_ms=config.timeout_ms,
+            limits=Limits(
+                max_text=config.max_text,
+                max_msg_bytes=config.max_msg_bytes,
+                rate_per_s=config.rate,
+                burst=config.burst,
+            ),
+        )
+
+    # --------------------------------------------------------- start-up
+
+    def load_recent(self, now: float) -> int:
+        """Rebuild the dedup map from the store; returns how many ids."""
+        n = 0
+        for kind, sender, req_id, body in self.store.recent_ids(now - DEDUP_S):
+            if kind == "say":
+                ev = decode_event(body)
+                assert isinstance(ev, MsgEvent)
+                ack = Ack(id=req_id, room=ev.room, seq=ev.seq, ts=ev.ts)
+                at = _epoch_of(ev.ts)
+            else:
+                reply = decode_reply(body)
+                assert isinstance(reply, Ack)
+                ack, at = reply, _epoch_of(reply.ts)
+            self.recent[(sender, req_id)] = (ack, at)
+            n += 1
+        return n
+
+    # --------------------------------------------------------- requests
+
+    def handle(
+        self,
+        ident: bytes,
+        req: Request,
+        now: float,
+        out: Outbox,
+        *,
+        peer_key: str | None = None,
+    ) -> None:
+        """Handle one decoded request from ``ident``, received at ``now``.
+
+        ``peer_key`` is the CURVE public key the connection authenticated
+        with, taken by the shell from the frame, never from the message.
+        """
+        session = self.sessions.get(ident)
+        try:
+            if session is None:
+                if isinstance(req, Hello):
+                    self._hello(ident, req, now, out, peer_key)
+                elif isinstance(req, Ping):
+                    out.replies.append(
+                        (ident, Pong(id=req.id, epoch=self.epoch, ts=format_ts(now), seqs={}))
+                    )
+                else:
+                    raise ProtocolError(
+                        Code.NO_SESSION, "say hello first: this connection has no session"
+                    )
+                return
+            session.last_seen = now
+            self.sessions.move_to_end(ident)
+            if not isinstance(req, Ping):
+                session.last_active = now
+            handler = _HANDLERS[type(req)]
+            if req.rate_limited and self.config.rate > 0:
+                if req.id is not None and (session.key, req.id) in self.recent:
+                    pass  # a resend is answered from memory, whatever the bucket says
+                else:
+                    self._spend(session, now)
+            handler(self, session, req, now, out)
+        except ProtocolError as err:
+            out.replies.append((ident, _error(err, req.id)))
+
+    def _spend(self, s: Session, now: float) -> None:
+        rate, burst = self.config.rate, self.config.burst
+        s.tokens = min(float(burst), s.tokens + (now - s.refilled) * rate)
+        s.refilled = now
+        if s.tokens < 1.0:
+            retry_ms = max(1, math.ceil((1.0 - s.tokens) / rate * 1000))
+            raise ProtocolError(
+                Code.RATE_LIMITED,
+                f"slow down: at most {rate:g} per second (burst {burst})",
+                retry_ms=retry_ms,
+            )
+        s.tokens -= 1.0
+
+    def _hello(
+        self, ident: bytes, req: Hello, now: float, out: Outbox, peer_key: str | None
+    ) -> None:
+        key = nick_key(req.nick)
+        if self.config.curve:
+            owner = self.nick_owners.get(key)
+            if owner is not None and owner != peer_key:
+                raise ProtocolError(Code.UNAUTHORIZED, f"nick {req.nick!r} belongs to another key")
+        holder = self.nicks.get(key)
+        if holder is not None:
+            if req.token is None or not hmac.compare_digest(
+                req.token.encode(), holder.token.encode()
+            ):
+                raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
+            # The owner of the token is back on a new connection: hand the
+            # session over, rooms and all, with no leave or join.
+            del self.sessions[holder.ident]
+            holder.ident = ident
+            holder.last_seen = holder.last_active = now
+            self.sessions[ident] = holder
+            session = holder
+        else:
+            session = Session(ident, req.nick, now, self.config.burst, peer_key)
+            self.sessions[ident] = session
+            self.nicks[key] = session
+            if self.config.curve and peer_key is not None and key not in self.nick_owners:
+                self.nick_owners[key] = peer_key
+                self.store.set_nick_key(key, peer_key)
+        out.replies.append((ident, self._welcome(session, req.id)))
+
+    def _welcome(self, s: Session, rid: str | None) -> Welcome:
+        return Welcome(id=rid, nick=s.nick, token=s.token, **self._welcome_tail)
+
+    def _again(self, s: Session, req: Hello, now: float, out: Outbox) -> None:
+        if nick_key(req.nick) != s.key:
+            raise ProtocolError(
+                Code.BAD_REQUEST,
+                f"this connection is already {s.nick!r}; use a nick request to change it",
+            )
+        out.replies.append((s.ident, self._welcome(s, req.id)))
+
+    def _event(
+        self,
+        room: Room,
+        ev: msgspec.Struct,
+        now: float,
+        out: Outbox,
+        sender: str | None = None,
+        req_id: str | None = None,
+    ) -> None:
+        body = encode(ev)
+        stored = StoredEvent(
+            room.name,
+            room.seq,
+            now,
+            ev.__struct_config__.tag,  # type: ignore[arg-type]
+            body,
+            sender,
+            req_id,
+        )
+        self.store.add(stored)
+        out.events.append(stored)
+
+    def _next(self, room: Room) -> int:
+        room.seq += 1
+        return room.seq
+
+    def _join(self, s: Session, req: Join, now: float, out: Outbox) -> None:
+        room = self.rooms.get(req.room)
+        if room is None:
+            room = self.rooms[req.room] = Room(req.room)
+        if req.room in s.rooms:
+            seq = room.seq
+        else:
+            s.rooms[req.room] = None
+            room.members[s] = None
+            seq = self._next(room)
+            self._event(
+                room, JoinEvent(room=room.name, seq=seq, ts=format_ts(now), nick=s.nick), now, out
+            )
+        out.replies.append(
+            (
+                s.ident,
+                Joined(
+                    id=req.id,
+                    room=room.name,
+                    topic=room.topic,
+                    members=[m.nick for m in room.members],
+                    seq=seq,
+                ),
+            )
+        )
+
+    def _leave(self, s: Session, room_name: str, reason: str, now: float, out: Outbox) -> None:
+        room = self.rooms[room_name]
+        del s.rooms[room_name]
+        del room.members[s]
+        seq = self._next(room)
+        self._event(
+            room,
+            LeaveEvent(room=room.name, seq=seq, ts=format_ts(now), nick=s.nick, reason=reason),
+            now,
+            out,
+        )
+
+    def _part(self, s: Session, req: Part, now: float, out: Outbox) -> None:
+        self._member(s, req.room)
+        self._leave(s, req.room, "part", now, out)
+        out.replies.append((s.ident, Parted(id=req.id, room=req.room)))
+
+    def _member(self, s: Session, room: str) -> Room:
+        if room not in s.rooms:
+            raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{room}; join it first")
+        return self.rooms[room]
+
+    def _say(self, s: Session, req: Say, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room = self._member(s, req.room)
+        seq = self._next(room)
+        ts = format_ts(now)
+        ev = MsgEvent(
+            room=room.name,
+            seq=seq,
+            ts=ts,
+            from_=s.nick,
+            text=req.text,
+            action=True if req.action else None,
+            id=req.id,
+        )
+        self._event(room, ev, now, out, s.key, req.id)
+        ack = Ack(id=req.id, room=room.name, seq=seq, ts=ts)
+        if req.id is not None:
+            self.recent[(s.key, req.id)] = (ack, now)
+        out.replies.append((s.ident, ack))
+
+    def _repeat(self, s: Session, rid: str | None, out: Outbox) -> bool:
+        if rid is None:
+            return False
+        first = self.recent.get((s.key, rid))
+        if first is None:
+            return False
+        out.replies.append((s.ident, first[0]))
+        return True
+
+    def _pm(self, s: Session, req: Pm, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        target = self.nicks.get(nick_key(req.to))
+        if target is None:
+            raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.to!r} is online")
+        ts = format_ts(now)
+        out.replies.append(
+            (target.ident, PmPush(from_=s.nick, to=target.nick, text=req.text, ts=ts))
+        )
+        ack = Ack(id=req.id, to=target.nick, ts=ts)
+        if req.id is not None:
+            self.recent[(s.key, req.id)] = (ack, now)
+            self.store.add_pm_id(s.key, req.id, now, encode(ack))
+        out.replies.append((s.ident, ack))
+
+    def _who(self, s: Session, req: Who, now: float, out: Outbox) -> None:
+        if req.room is None:
+            members: Any = self.nicks.values()
+        else:
+            room = self.rooms.get(req.room)
+            members = room.members if room is not None else ()
+        users = [WhoUser(nick=m.nick, idle_ms=int((now - m.last_active) * 1000)) for m in members]
+        out.replies.append((s.ident, WhoReply(id=req.id, room=req.room, users=users)))
+
+    def _rooms(self, s: Session, req: Rooms, now: float, out: Outbox) -> None:
+        rooms = [
+            RoomInfo(name=r.name, topic=r.topic, members=[m.nick for m in r.members])
+            for r in sorted(self.rooms.values(), key=lambda r: r.name)
+            if r.members
+        ]
+        out.replies.append((s.ident, RoomsReply(id=req.id, rooms=rooms)))
+
+    def _history(self, s: Session, req: History, now: float, out: Outbox) -> None:
+        limit = min(req.effective_limit, HISTORY_MAX)
+        bodies, more = self.store.history(req.room, after=req.after, before=req.before, limit=limit)
+        out.replies.append(
+            (
+                s.ident,
+                HistoryReply(
+                    id=req.id,
+                    room=req.room,
+                    events=[msgspec.Raw(b) for b in bodies],
+                    more=more,
+                ),
+            )
+        )
+
+    def _nick(self, s: Session, req: Nick, now: float, out: Outbox) -> None:
+        new_key = nick_key(req.nick)
+        holder = self.nicks.get(new_key)
+        if holder is not None and holder is not s:
+            raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
+        if self.config.curve:
+            owner = self.nick_owners.get(new_key)
+            if owner is not None and owner != s.peer_key:
+                raise ProtocolError(Code.UNAUTHORIZED, f"nick {req.nick!r} belongs to another key")
+        old = s.nick
+        if req.nick != old:
+            del self.nicks[s.key]
+            s.nick, s.key = req.nick, new_key
+            self.nicks[new_key] = s
+            if self.config.curve and s.peer_key is not None and new_key not in self.nick_owners:
+                self.nick_owners[new_key] = s.peer_key
+                self.store.set_nick_key(new_key, s.peer_key)
+            ts = format_ts(now)
+            for name in s.rooms:
+                room = self.rooms[name]
+                self._event(
+                    room,
+                    NickEvent(room=name, seq=self._next(room), ts=ts, old=old, new=req.nick),
+                    now,
+                    out,
+                )
+        out.replies.append((s.ident, NickReply(id=req.id, old=old, new=req.nick)))
+
+    def _topic(self, s: Session, req: Topic, now: float, out: Outbox) -> None:
+        room = self._member(s, req.room)
+        room.topic = req.topic
+        seq = self._next(room)
+        ts = format_ts(now)
+        self._event(
+            room, TopicEvent(room=room.name, seq=seq, ts=ts, nick=s.nick, topic=req.topic), now, out
+        )
+        out.replies.append((s.ident, Ack(id=req.id, room=room.name, seq=seq, ts=ts)))
+
+    def _ping(self, s: Session, req: Ping, now: float, out: Outbox) -> None:
+        seqs = {name: self.rooms[name].seq for name in s.rooms}
+        out.replies.append(
+            (s.ident, Pong(id=req.id, epoch=self.epoch, ts=format_ts(now), seqs=seqs))
+        )
+
+    def _bye(self, s: Session, req: Bye, now: float, out: Outbox) -> None:
+        out.replies.append((s.ident, ByeReply(id=req.id)))
+        self._end(s, "quit", now, out)
+
+    def _end(self, s: Session, reason: str, now: float, out: Outbox) -> None:
+        for name in list(s.rooms):
+            self._leave(s, name, reason, now, out)
+        del self.sessions[s.ident]
+        del self.nicks[s.key]
+
+    # ------------------------------------------------------------- time
+
+    def expire(self, now: float, out: Outbox) -> int:
+        """End the sessions silent for ``timeout_ms``; returns how many."""
+        deadline = now - self.config.timeout_ms / 1000
+        n = 0
+        while self.sessions:
+            s = next(iter(self.sessions.values()))
+            if s.last_seen > deadline:
+                break
+            out.replies.append((s.ident, Notice(text="you were disconnected for inactivity")))
+            self._end(s, "timeout", now, out)
+            n += 1
+        while self.recent:
+            key, (_, at) = next(iter(self.recent.items()))
+            if at > now - DEDUP_S:
+                break
+            del self.recent[key]
+        return n
+
+    def notice(self, text: str, out: Outbox) -> None:
+        """A server-wide notice, published on the ``*`` topic."""
+        out.notices.append(encode(Notice(text=text)))
+
+    def next_expiry(self) -> float | None:
+        """When the oldest session will time out, if nothing is heard."""
+        if not self.sessions:
+            return None
+        return next(iter(self.sessions.values())).last_seen + self.config.timeout_ms / 1000
+
+
+def _error(err: ProtocolError, rid: str | None) -> Error:
+    return Error(
+        id=err.id if err.id is not None else rid,
+        code=err.code.value,
+        message=err.message,
+        retry_ms=err.retry_ms,
+    )
+
+
+def error_reply(err: ProtocolError) -> Error:
+    """The ``error`` reply for a request that did not even decode."""
+    return _error(err, None)
+
+
+def _epoch_of(ts: str) -> float:
+    return parse_ts(ts).timestamp()
+
+
+_HANDLERS: dict[type, Any] = {
+    Hello: Core._again,
+    Join: Core._join,
+    Part: Core._part,
+    Say: Core._say,
+    Pm: Core._pm,
+    Who: Core._who,
+    Rooms: Core._rooms,
+    History: Core._history,
+    Nick: Core._nick,
+    Topic: Core._topic,
+    Ping: Core._ping,
+    Bye: Core._bye,
+}

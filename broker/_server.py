@@ -1,0 +1,279 @@
+"""The ZeroMQ shell around the core: one thread, one loop, two sockets.
+
+Each turn of the loop reads every request already waiting on the ROUTER
+(up to a batch limit), hands each to the core, commits the store once, and
+only then publishes the batch's events and sends its replies. A request
+that does not decode is answered with an ``error`` and changes nothing.
+
+Socket options are set on purpose (see ``shared/zeromq-notes.md``):
+
+* ROUTER: ``ROUTER_MANDATORY`` so a reply to a vanished peer raises instead
+  of vanishing, and every send is non-blocking so one slow client cannot
+  stall the loop; ``ROUTER_HANDOVER`` so a client that reconnects with its
+  routing id takes over the old pipe; ``MAXMSGSIZE`` set before bind.
+* both: ``LINGER`` bounded, so shutdown never hangs; ZMTP heartbeats, so a
+  half-open TCP connection is closed.
+* PUB: a generous ``SNDHWM``; a subscriber that still falls behind loses
+  events on PUB and repairs them from ``history``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from messages import NOTICE_TOPIC, Code, ProtocolError, decode_request, encode, room_topic
+
+from ._core import Config, Core, Outbox, error_reply
+from ._store import Store
+
+log = logging.getLogger("zchat.broker")
+
+BATCH = 4096
+LINGER_MS = 500
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything the command line sets."""
+
+    bind: str = "tcp://*:5555"
+    publish: str = "tcp://*:5556"
+    advertise: str | None = None
+    store: str = ":memory:"
+    fsync: bool = False
+    heartbeat_ms: int = 5_000
+    timeout_ms: int = 15_000
+    rate: float = 20.0
+    burst: int = 40
+    max_text: int = 4_000
+    max_msg_bytes: int = 65_536
+    pub_hwm: int = 100_000
+    ready_file: str | None = None
+    curve_secret: str | None = None
+    allow_keys: str | None = None
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable only from this machine."""
+    transport, _, rest = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def wildcard_host(endpoint: str) -> bool:
+    host = endpoint.partition("://")[2].rsplit(":", 1)[0].strip("[]")
+    return host in ("*", "0.0.0.0", "::")
+
+
+class Server:
+    """Binds the sockets, opens the store and runs the loop until a signal."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.stopping = False
+        self.dropped = 0
+        self._topics: dict[str, bytes] = {}
+        self._signals: list[int] = []
+        self._setup_sockets()
+        self.store = Store(opts.store, fsync=opts.fsync)
+        self.config = Config(
+            events=opts.advertise or self.pub_endpoint,
+            heartbeat_ms=opts.heartbeat_ms,
+            timeout_ms=opts.timeout_ms,
+            rate=opts.rate,
+            burst=opts.burst,
+            max_text=opts.max_text,
+            max_msg_bytes=opts.max_msg_bytes,
+            curve=opts.curve_secret is not None,
+        )
+        self.core = Core(self.config, self.store)
+        self.recovered = self.core.load_recent(time.time())
+
+    def _setup_sockets(self) -> None:
+        o = self.opts
+        for sock in (self.router, self.pub):
+            sock.setsockopt(zmq.LINGER, LINGER_MS)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, max(1000, o.heartbeat_ms))
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(2000, o.timeout_ms))
+            sock.setsockopt(zmq.HEARTBEAT_TTL, min(max(2000, o.timeout_ms), 6_553_000))
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.MAXMSGSIZE, o.max_msg_bytes)
+        self.router.setsockopt(zmq.SNDHWM, 100_000)
+        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        self.pub.setsockopt(zmq.SNDHWM, o.pub_hwm)
+        # Subscribers send only subscriptions: a small limit stops a peer
+        # from pushing large frames at the PUB socket.
+        self.pub.setsockopt(zmq.MAXMSGSIZE, 1024)
+        self.router.bind(o.bind)
+        self.pub.bind(o.publish)
+        self.bind_endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.pub_endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    # ----------------------------------------------------------- the loop
+
+    def run(self) -> int:
+        """Serve until SIGINT or SIGTERM; returns the exit status."""
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        old_handlers = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(wake_r.fileno(), zmq.POLLIN)
+        self._announce()
+        out = Outbox()
+        router, core = self.router, self.core
+        max_text = self.config.max_text
+        try:
+            while not self.stopping:
+                expiry = core.next_expiry()
+                now = time.time()
+                wait = 1000 if expiry is None else min(1000, max(0, int((expiry - now) * 1000) + 1))
+                ready = dict(poller.poll(wait))
+                now = time.time()
+                if router in ready:
+                    for _ in range(BATCH):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        ident = frames[0]
+                        if len(frames) != 2:
+                            err = ProtocolError(
+                                Code.BAD_REQUEST,
+                                f"a request is exactly one frame, not {len(frames) - 1}",
+                            )
+                            out.replies.append((ident, error_reply(err)))
+                            continue
+                        try:
+                            req = decode_request(frames[1], max_text=max_text)
+                        except ProtocolError as err:
+                            out.replies.append((ident, error_reply(err)))
+                            continue
+                        core.handle(ident, req, now, out)
+                if wake_r.fileno() in ready:
+                    self._drain_wakeups(wake_r)
+                core.expire(now, out)
+                if out.replies or out.events or out.notices:
+                    self._flush(out)
+            core.notice("the broker is shutting down", out)
+            self._flush(out)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            wake_r.close()
+            wake_w.close()
+            self.close()
+        log.info("stopped")
+        return 0
+
+    def _flush(self, out: Outbox) -> None:
+        self.store.commit()
+        pub = self.pub
+        topics = self._topics
+        for ev in out.events:
+            topic = topics.get(ev.room)
+            if topic is None:
+                topic = topics[ev.room] = room_topic(ev.room)
+            pub.send_multipart((topic, ev.body))
+        for body in out.notices:
+            pub.send_multipart((NOTICE_TOPIC, body))
+        send = self.router.send_multipart
+        for ident, msg in out.replies:
+            try:
+                send((ident, encode(msg)), zmq.NOBLOCK)
+            except zmq.ZMQError as err:
+                # EHOSTUNREACH: the peer is gone; EAGAIN: its queue is full.
+                # Either way the client repairs from history or resends.
+                if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                    raise
+                self.dropped += 1
+        out.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+
+    def _drain_wakeups(self, wake_r: socket.socket) -> None:
+        try:
+            while wake_r.recv(512):
+                pass
+        except BlockingIOError:
+            pass
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                log.info("got %s, shutting down", signal.Signals(signum).name)
+                self.stopping = True
+
+    def _announce(self) -> None:
+        o = self.opts
+        log.info(
+            "zchat-broker %s, epoch %s", self.core._welcome_tail["server"].version, self.core.epoch
+        )
+        log.info("requests on %s (ROUTER)", self.bind_endpoint)
+        log.info("events   on %s (PUB), advertised as %s", self.pub_endpoint, self.config.events)
+        where = "in memory (nothing survives a restart)" if o.store == ":memory:" else o.store
+        log.info(
+            "store %s: %d rooms, %d events, %d recent request ids",
+            where,
+            len(self.core.rooms),
+            self.store.count(),
+            self.recovered,
+        )
+        log.info(
+            "limits: timeout %d ms, heartbeat %d ms, rate %s/s burst %d, text %d chars, frame %d bytes",
+            o.timeout_ms,
+            o.heartbeat_ms,
+            f"{o.rate:g}" if o.rate > 0 else "unlimited",
+            o.burst,
+            o.max_text,
+            o.max_msg_bytes,
+        )
+        if not self.config.curve:
+            for ep in (self.bind_endpoint, self.pub_endpoint):
+                if not is_loopback(ep):
+                    log.warning(
+                        "%s is reachable beyond this machine and NOT encrypted: anyone on "
+                        "the network can read and forge chat; see --curve-secret",
+                        ep,
+                    )
+        if o.ready_file:
+            tmp = o.ready_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(
+                    {
+                        "bind": self.bind_endpoint,
+                        "publish": self.pub_endpoint,
+                        "events": self.config.events,
+                        "epoch": self.core.epoch,
+                        "pid": os.getpid(),
+                    },
+                    f,
+                )
+            os.replace(tmp, o.ready_file)
+
+    def close(self) -> None:
+        self.store.close()
+        self.router.close()
+        self.pub.close()
+        self.ctx.term()

@@ -1,0 +1,30 @@
+"""The zchat client library, and the programs built on it.
+
+:class:`Client` is an asyncio connection to a broker that reconnects,
+resends what was not acknowledged and repairs holes in each room's ``seq``
+from history, so each event reaches its user once, in order.
+"""
+
+from ._client import (
+    Client,
+    ConnectTimeout,
+    CurveKeys,
+    Disconnected,
+    Item,
+    Reconnected,
+    Repaired,
+    Status,
+    ZchatError,
+)
+
+__all__ = [
+    "Client",
+    "ConnectTimeout",
+    "CurveKeys",
+    "Disconnected",
+    "Item",
+    "Reconnected",
+    "Repaired",
+    "Status",
+    "ZchatError",
+]

@@ -1,0 +1,120 @@
+"""Name, text and time rules of the contract, in one place.
+
+Every check here raises :class:`ProtocolError` with the contract's code, so
+the broker answers a bad field with the same words wherever it appears.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+
+from ._errors import Code, ProtocolError
+
+NICK_MAX = 24
+ROOM_MAX = 32
+ID_MAX = 64
+TEXT_MAX = 4000
+DEFAULT_ROOM = "general"
+
+_NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,23}")
+_ROOM_RE = re.compile(r"[a-z0-9_\-]{1,32}")
+# C0 controls other than tab and newline, DEL, and C1: the bytes that start
+# terminal escape sequences. Refusing them at the broker means no client
+# ever has to trust another client's text to be harmless on its screen.
+_CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def is_nick(nick: object) -> bool:
+    """True when ``nick`` is a well-formed nick (not whether it is free)."""
+    return isinstance(nick, str) and _NICK_RE.fullmatch(nick) is not None
+
+
+def is_room(room: object) -> bool:
+    """True when ``room`` is a well-formed room name, without a leading ``#``."""
+    return isinstance(room, str) and _ROOM_RE.fullmatch(room) is not None
+
+
+def nick_key(nick: str) -> str:
+    """The form nicks are compared in: case-insensitive, ASCII only."""
+    return nick.lower()
+
+
+def check_nick(nick: str) -> str:
+    if not is_nick(nick):
+        raise ProtocolError(
+            Code.NICK_INVALID,
+            f"nick {nick[:40]!r} is not valid: 1 to {NICK_MAX} characters of "
+            "A-Z a-z 0-9 _ - ., starting with a letter",
+        )
+    return nick
+
+
+def check_room(room: str) -> str:
+    if not is_room(room):
+        raise ProtocolError(
+            Code.ROOM_INVALID,
+            f"room {room[:40]!r} is not valid: 1 to {ROOM_MAX} characters of a-z 0-9 _ -",
+        )
+    return room
+
+
+def normalize_room(typed: str) -> str:
+    """What a user typed (``#General``) as a room name (``general``).
+
+    Clients strip one leading ``#``; the case is kept so that a name with
+    capitals is refused rather than silently changed into another room.
+    """
+    typed = typed.strip()
+    return typed[1:] if typed.startswith("#") else typed
+
+
+def clean_text(text: str, max_text: int = TEXT_MAX, *, allow_empty: bool = False) -> str:
+    """``text`` with trailing space stripped, or ``text_invalid``.
+
+    Args:
+        text: the text as received.
+        max_text: the broker's limit in characters.
+        allow_empty: accept the empty string (a topic being cleared).
+    """
+    text = text.rstrip()
+    if not text and not allow_empty:
+        raise ProtocolError(Code.TEXT_INVALID, "text is empty")
+    if len(text) > max_text:
+        raise ProtocolError(
+            Code.TEXT_INVALID,
+            f"text is {len(text)} characters long; the limit is {max_text}",
+        )
+    bad = _CONTROL_RE.search(text)
+    if bad is not None:
+        raise ProtocolError(
+            Code.TEXT_INVALID,
+            f"text contains control character U+{ord(bad.group()):04X} at "
+            f"{bad.start()}; only newline and tab are allowed",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON can carry lone surrogates ("\ud800") that no UTF-8 frame can.
+        raise ProtocolError(Code.TEXT_INVALID, "text is not valid Unicode") from None
+    return text
+
+
+def format_ts(now: float) -> str:
+    """``now`` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
+    ms = int(now * 1000)
+    secs, ms = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+
+
+def parse_ts(ts: str) -> datetime:
+    """A contract timestamp as an aware ``datetime`` in UTC.
+
+    Raises:
+        ValueError: ``ts`` is not an RFC 3339 timestamp.
+    """
+    value = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value

@@ -1,0 +1,336 @@
+"""One typed class per message of the contract.
+
+Each class is a frozen msgspec Struct tagged by its ``type`` field. The
+same ``type`` value can name different messages in different directions
+(``pm`` is a request and a push, ``nick`` a request, a reply and an event),
+so messages are grouped by direction, and each direction has its own
+tagged union: :data:`Request` (DEALER -> ROUTER), :data:`Reply` (ROUTER ->
+DEALER, replies and pushes) and :data:`Event` (PUB -> SUB).
+
+Optional fields default to ``None`` and are left out of the encoded frame;
+fields the contract says are present but may be null (``who.room``) have no
+default, so they are always written.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Union
+
+import msgspec
+
+from ._errors import Code, ProtocolError
+from ._rules import TEXT_MAX, check_nick, check_room, clean_text
+
+ReqId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+_INT64_MAX = 2**63 - 1
+Seq = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]
+
+HISTORY_DEFAULT = 50
+HISTORY_MAX = 500
+
+
+class _Msg(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    omit_defaults=True,
+    tag_field="type",
+):
+    pass
+
+
+# --------------------------------------------------------------- requests
+
+
+class _Request(_Msg):
+    id: ReqId | None = None
+    # Whether the request needs a session (everything but hello and ping).
+    needs_session: ClassVar[bool] = True
+    # Whether the request spends a token of the sender's rate bucket.
+    rate_limited: ClassVar[bool] = False
+
+    def checked(self, max_text: int = TEXT_MAX) -> Any:
+        """This request with its fields normalized, or ``ProtocolError``."""
+        return self
+
+
+class Hello(_Request, tag="hello", kw_only=True):
+    nick: str
+    token: str | None = None
+    client: Any = None
+    needs_session: ClassVar[bool] = False
+
+    def checked(self, max_text: int = TEXT_MAX) -> Hello:
+        check_nick(self.nick)
+        return self
+
+
+class Join(_Request, tag="join", kw_only=True):
+    room: str
+
+    def checked(self, max_text: int = TEXT_MAX) -> Join:
+        check_room(self.room)
+        return self
+
+
+class Part(_Request, tag="part", kw_only=True):
+    room: str
+    reason: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Part:
+        check_room(self.room)
+        return self
+
+
+class Say(_Request, tag="say", kw_only=True):
+    room: str
+    text: str
+    action: bool | None = None
+    rate_limited: ClassVar[bool] = True
+
+    def checked(self, max_text: int = TEXT_MAX) -> Say:
+        check_room(self.room)
+        text = clean_text(self.text, max_text)
+        return self if text == self.text else msgspec.structs.replace(self, text=text)
+
+
+class Pm(_Request, tag="pm", kw_only=True):
+    to: str
+    text: str
+    rate_limited: ClassVar[bool] = True
+
+    def checked(self, max_text: int = TEXT_MAX) -> Pm:
+        if not isinstance(self.to, str) or not self.to:
+            raise ProtocolError(Code.BAD_REQUEST, "pm needs a nick in 'to'")
+        text = clean_text(self.text, max_text)
+        return self if text == self.text else msgspec.structs.replace(self, text=text)
+
+
+class Who(_Request, tag="who", kw_only=True):
+    room: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Who:
+        if self.room is not None:
+            check_room(self.room)
+        return self
+
+
+class Rooms(_Request, tag="rooms", kw_only=True):
+    pass
+
+
+class History(_Request, tag="history", kw_only=True):
+    room: str
+    after: Seq | None = None
+    before: Seq | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=_INT64_MAX)] | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> History:
+        check_room(self.room)
+        return self
+
+    @property
+    def effective_limit(self) -> int:
+        return min(self.limit or HISTORY_DEFAULT, HISTORY_MAX)
+
+
+class Nick(_Request, tag="nick", kw_only=True):
+    nick: str
+    rate_limited: ClassVar[bool] = True
+
+    def checked(self, max_text: int = TEXT_MAX) -> Nick:
+        check_nick(self.nick)
+        return self
+
+
+class Topic(_Request, tag="topic", kw_only=True):
+    room: str
+    topic: str
+    rate_limited: ClassVar[bool] = True
+
+    def checked(self, max_text: int = TEXT_MAX) -> Topic:
+        check_room(self.room)
+        topic = clean_text(self.topic, max_text, allow_empty=True)
+        return self if topic == self.topic else msgspec.structs.replace(self, topic=topic)
+
+
+class Ping(_Request, tag="ping", kw_only=True):
+    needs_session: ClassVar[bool] = False
+
+
+class Bye(_Request, tag="bye", kw_only=True):
+    reason: str | None = None
+
+
+Request = Union[Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye]
+
+# ------------------------------------------------------ replies and pushes
+
+
+class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    version: str
+    epoch: str
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    max_text: int
+    max_msg_bytes: int
+    rate_per_s: float
+    burst: int
+
+
+class _Reply(_Msg):
+    id: str | None = None
+
+
+class Welcome(_Reply, tag="welcome", kw_only=True):
+    nick: str
+    token: str
+    server: ServerInfo
+    events: str
+    heartbeat_ms: int
+    timeout_ms: int
+    limits: Limits
+
+
+class Joined(_Reply, tag="joined", kw_only=True):
+    room: str
+    topic: str
+    members: list[str]
+    seq: int
+
+
+class Parted(_Reply, tag="parted", kw_only=True):
+    room: str
+
+
+class Ack(_Reply, tag="ack", kw_only=True):
+    """Acknowledges ``say`` and ``topic`` (``room``, ``seq``) or ``pm`` (``to``)."""
+
+    ts: str
+    room: str | None = None
+    seq: int | None = None
+    to: str | None = None
+
+
+class WhoUser(msgspec.Struct, frozen=True, kw_only=True):
+    nick: str
+    idle_ms: int
+
+
+class WhoReply(_Reply, tag="who", kw_only=True):
+    room: str | None
+    users: list[WhoUser]
+
+
+class RoomInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    topic: str
+    members: list[str]
+
+
+class RoomsReply(_Reply, tag="rooms", kw_only=True):
+    rooms: list[RoomInfo]
+
+
+class HistoryReply(_Reply, tag="history", kw_only=True):
+    """``events`` are the stored event frames, spliced in without re-encoding."""
+
+    room: str
+    events: list[msgspec.Raw]
+    more: bool
+
+
+class NickReply(_Reply, tag="nick", kw_only=True):
+    old: str
+    new: str
+
+
+class Pong(_Reply, tag="pong", kw_only=True):
+    epoch: str
+    ts: str
+    seqs: dict[str, int]
+
+
+class ByeReply(_Reply, tag="bye", kw_only=True):
+    pass
+
+
+class Error(_Reply, tag="error", kw_only=True):
+    code: str
+    message: str
+    retry_ms: int | None = None
+
+
+class PmPush(_Msg, tag="pm", kw_only=True):
+    from_: str = msgspec.field(name="from")
+    to: str
+    text: str
+    ts: str
+
+
+class Notice(_Msg, tag="notice", kw_only=True):
+    """A notice to one client (pushed) or to everyone (on the ``*`` topic)."""
+
+    text: str
+
+
+Reply = Union[
+    Welcome,
+    Joined,
+    Parted,
+    Ack,
+    WhoReply,
+    RoomsReply,
+    HistoryReply,
+    NickReply,
+    Pong,
+    ByeReply,
+    Error,
+    PmPush,
+    Notice,
+]
+
+# ----------------------------------------------------------------- events
+
+
+class _Event(_Msg, gc=False):
+    room: str
+    seq: int
+    ts: str
+
+
+class MsgEvent(_Event, tag="msg", kw_only=True):
+    from_: str = msgspec.field(name="from")
+    text: str
+    action: bool | None = None
+    id: str | None = None
+
+
+class JoinEvent(_Event, tag="join", kw_only=True):
+    nick: str
+
+
+class LeaveEvent(_Event, tag="leave", kw_only=True):
+    nick: str
+    reason: str
+
+
+class NickEvent(_Event, tag="nick", kw_only=True):
+    old: str
+    new: str
+
+
+class TopicEvent(_Event, tag="topic", kw_only=True):
+    nick: str
+    topic: str
+
+
+RoomEvent = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent]
+Event = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, Notice]
+
+REQUEST_TYPES: dict[str, type[Any]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye)
+}
