@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from hypothesis import HealthCheck, settings
+
+from .helpers import Broker, RawClient
+
+# CI machines are shared and slow: no deadlines per example, a fixed budget.
+settings.register_profile(
+    "ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False
+)
+settings.load_profile("ci")
+
+
+@pytest.fixture
+def make_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Start brokers (``make_broker("--rate", "0")``); all are killed after."""
+    brokers: list[Broker] = []
+    count = 0
+
+    def make(*args: str, store: str | None = None, start: bool = True) -> Broker:
+        nonlocal count
+        count += 1
+        workdir = tmp_path / f"broker{count}"
+        workdir.mkdir()
+        b = Broker(workdir, *args, store=store)
+        brokers.append(b)
+        return b.start() if start else b
+
+    yield make
+    for b in brokers:
+        b.close()
+
+
+@pytest.fixture
+def broker(make_broker: Callable[..., Broker]) -> Broker:
+    """A broker with a file store and short timeouts, so faults show quickly."""
+    return make_broker("--timeout-ms", "3000", "--heartbeat-ms", "500")
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[Any]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def raw(broker: Broker, zctx: zmq.Context[Any]) -> Callable[[], RawClient]:
+    """Raw DEALER+SUB clients of ``broker``, closed after the test."""
+    made: list[RawClient] = []
+
+    def make() -> RawClient:
+        c = RawClient(zctx, broker.endpoint, broker.events)
+        made.append(c)
+        return c
+
+    yield make  # type: ignore[misc]
+    for c in made:
+        c.close()
