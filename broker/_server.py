@@ -191,6 +191,12 @@ class Server:
         self.store.commit()
         pub = self.pub
         topics = self._topics
+        if out.events:
+            # libzmq reads new subscriptions only while processing commands,
+            # which a burst of sends may skip for up to a millisecond; asking
+            # for EVENTS processes them now, so a subscriber that subscribed
+            # before this batch was handled is not dropped as a slow joiner.
+            pub.getsockopt(zmq.EVENTS)
         for ev in out.events:
             topic = topics.get(ev.room)
             if topic is None:

@@ -151,7 +151,22 @@ class RawClient:
         self.sub = ctx.socket(zmq.SUB)
         self.sub.linger = 0
         if events is not None:
+            self.connect_events(events)
+
+    def connect_events(self, events: str, timeout: float = 5.0) -> None:
+        """Connect the SUB and wait for its handshake, so that a subscription
+        made afterwards travels on a live connection."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        mon = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
             self.sub.connect(events)
+            if not mon.poll(int(timeout * 1000)):
+                raise AssertionError(f"SUB could not connect to {events}")
+            recv_monitor_message(mon)
+        finally:
+            self.sub.disable_monitor()
+            mon.close(0)
 
     def send(self, msg: dict[str, Any] | bytes) -> None:
         self.dealer.send(msg if isinstance(msg, bytes) else json.dumps(msg).encode())
