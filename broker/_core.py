@@ -172,7 +172,9 @@ class Core:
         self.recent: OrderedDict[tuple[str, str], tuple[Ack, float]] = OrderedDict()
         self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
         self._welcome_tail = dict(
-            server=ServerInfo(name=config.name, version=VERSION, epoch=self.epoch),
+            server=ServerInfo(
+                name=config.name, version=VERSION, epoch=self.epoch, store=store.store_id
+            ),
             events=config.events,
             heartbeat_ms=config.heartbeat_ms,
             timeout_ms=config.timeout_ms,

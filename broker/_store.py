@@ -19,6 +19,7 @@ answered with its first acknowledgement after a restart.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ CREATE TABLE IF NOT EXISTS pm_ids (
     at REAL NOT NULL,
     reply BLOB NOT NULL,       -- the ack, as first sent
     PRIMARY KEY (sender, req_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nick_keys (
     nick TEXT PRIMARY KEY,     -- nick key (lower case)
@@ -86,6 +91,12 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        if row is None:
+            self.store_id = secrets.token_hex(8)
+            self._db.execute("INSERT INTO meta VALUES ('store_id', ?)", (self.store_id,))
+        else:
+            self.store_id = str(row[0])
         self._events: list[tuple[object, ...]] = []
         self._pm_ids: list[tuple[object, ...]] = []
         self._in_tx = False

@@ -220,6 +220,7 @@ class Client:
         self._recovering: asyncio.Task[Any] | None = None
         self._last_rx = time.monotonic()
         self._sub_connected = False
+        self._store_changed = False
         self.stats = {"delivered": 0, "duplicates": 0, "repaired": 0, "reconnects": 0}
 
     # ---------------------------------------------------------- lifecycle
@@ -592,7 +593,7 @@ class Client:
     ) -> None:
         if st.last is None:
             st.last = joined.seq - 1 if joined.seq > 0 else 0
-        elif restarted and joined.seq <= st.last:
+        elif restarted and joined.seq <= st.last and self._store_changed:
             # The broker came back without its history (a ':memory:' store):
             # its numbering starts again, and so must ours.
             log.warning("#%s restarted its numbering at %d", st.name, joined.seq)
@@ -749,6 +750,10 @@ class Client:
         if isinstance(reply, Error):
             raise ZchatError(reply.code, reply.message)
         assert isinstance(reply, Welcome)
+        old_store = self.welcome.server.store if self.welcome is not None else None
+        # Without a store id (another broker), a numbering that went back
+        # is taken as a lost store.
+        self._store_changed = old_store is None or reply.server.store != old_store
         self.welcome = reply
         self.nick = reply.nick
         self.token = reply.token

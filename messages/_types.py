@@ -167,10 +167,14 @@ Request = Union[Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Pi
 # ------------------------------------------------------ replies and pushes
 
 
-class ServerInfo(msgspec.Struct, frozen=True, kw_only=True):
+class ServerInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     name: str
     version: str
     epoch: str
+    # Addition: names the history store. It stays the same across restarts
+    # on the same store, so a client can tell a restart (seq goes on) from a
+    # store that was lost or is in memory (seq starts again).
+    store: str | None = None
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from client import Client
-from messages import JoinEvent, MsgEvent
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from client import Client, Reconnected, ZchatError
+from messages import JoinEvent, MsgEvent, PmPush
 
 from .helpers import Broker, run
 
@@ -27,3 +32,102 @@ def test_two_clients_chat(broker: Broker) -> None:
             assert [j.nick for j in joins] == ["alice", "bob"]
 
     run(body())
+
+
+async def _drain_until(client: Client, pred, timeout: float = 20.0) -> list:  # type: ignore[no-untyped-def]
+    """Items until ``pred`` holds for the list so far."""
+    got: list = []
+    while not pred(got):
+        got.append(await client.next_item(timeout))
+    return got
+
+
+def _msgs(items: list) -> list[MsgEvent]:  # type: ignore[type-arg]
+    return [i for i in items if isinstance(i, MsgEvent)]
+
+
+def test_pm_both_ways_and_who(broker: Broker) -> None:
+    async def body() -> None:
+        async with Client(broker.endpoint, "alice") as alice, Client(broker.endpoint, "bob") as bob:
+            await alice.pm("bob", "hi bob")
+            await bob.pm("alice", "hi alice")
+            got_b = await _until(bob, lambda i: isinstance(i, PmPush))
+            got_a = await _until(alice, lambda i: isinstance(i, PmPush))
+            assert (got_b.from_, got_b.text) == ("alice", "hi bob")
+            assert (got_a.from_, got_a.text) == ("bob", "hi alice")
+            who = await alice.who("general")
+            assert sorted(u.nick for u in who.users) == ["alice", "bob"]
+            with pytest.raises(ZchatError) as err:
+                await alice.pm("nobody", "x")
+            assert err.value.code == "no_such_user"
+
+    run(body())
+
+
+def test_broker_killed_and_restarted_loses_nothing(broker: Broker) -> None:
+    """SIGKILL, restart on the same store: acked messages all there, seq goes
+    on, both clients come back by themselves and see every event once."""
+
+    async def body() -> None:
+        async with Client(broker.endpoint, "alice") as alice, Client(broker.endpoint, "bob") as bob:
+            acks = [await alice.say("general", f"before {i}") for i in range(5)]
+            broker.kill()
+            # Sent while the broker is down: kept and resent.
+            pending = asyncio.ensure_future(alice.say("general", "during"))
+            broker.start()
+            during = await asyncio.wait_for(pending, 30)
+            after = await bob.say("general", "after")
+            assert during.seq > acks[-1].seq and after.seq > during.seq
+            items = await _drain_until(
+                bob,
+                lambda got: (
+                    any(isinstance(i, MsgEvent) and i.text == "after" for i in got)
+                    and any(isinstance(i, Reconnected) for i in got)
+                ),
+            )
+            texts = [m.text for m in _msgs(items)]
+            assert texts == [f"before {i}" for i in range(5)] + ["during", "after"]
+            assert any(isinstance(i, Reconnected) for i in items)
+            seqs = [i.seq for i in items if hasattr(i, "seq")]
+            assert seqs == sorted(set(seqs))
+            events, _ = await alice.history("general", limit=500)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            stored = [e.text for e in events if isinstance(e, MsgEvent)]
+            assert stored.count("during") == 1 and stored[:5] == [f"before {i}" for i in range(5)]
+
+    run(body(), 90)
+
+
+def test_subscriber_whose_pub_queue_overflows_still_gets_everything(
+    make_broker: Callable[..., Broker],
+) -> None:
+    b = make_broker("--rate", "0", "--pub-hwm", "10")
+
+    async def body() -> None:
+        async with (
+            Client(b.endpoint, "writer") as writer,
+            Client(b.endpoint, "reader", rcvhwm=10) as reader,
+        ):
+            n = 3000
+            await asyncio.gather(*(writer.say("general", str(i)) for i in range(n)))
+            items = await _drain_until(reader, lambda got: len(_msgs(got)) == n, 60)
+            assert [m.text for m in _msgs(items)] == [str(i) for i in range(n)]
+            assert reader.stats["repaired"] > 0
+
+    run(body(), 120)
+
+
+def test_memory_store_restart_restarts_numbering(make_broker: Callable[..., Broker]) -> None:
+    b = make_broker("--timeout-ms", "3000", "--heartbeat-ms", "500", store=":memory:")
+
+    async def body() -> None:
+        async with Client(b.endpoint, "alice") as alice:
+            for i in range(5):
+                await alice.say("general", str(i))
+            b.restart()
+            await _until(alice, lambda i: isinstance(i, Reconnected), 30)
+            ack = await alice.say("general", "fresh")
+            got = await _until(alice, lambda i: isinstance(i, MsgEvent) and i.text == "fresh")
+            assert got.seq == ack.seq
+
+    run(body(), 60)
