@@ -36,6 +36,9 @@ from messages import (
     Bye,
     ByeReply,
     Code,
+    CommandInfo,
+    Commands,
+    CommandsReply,
     Error,
     Hello,
     History,
@@ -50,6 +53,8 @@ from messages import (
     NickEvent,
     NickReply,
     Notice,
+    Offer,
+    Offered,
     Part,
     Parted,
     Ping,
@@ -105,6 +110,7 @@ class Session:
         "last_active",
         "last_seen",
         "nick",
+        "offer",
         "peer_key",
         "refilled",
         "rooms",
@@ -123,6 +129,7 @@ class Session:
         self.tokens = float(burst)
         self.refilled = now
         self.peer_key = peer_key
+        self.offer: list[Any] = []
 
 
 class Room:
@@ -499,6 +506,27 @@ class Core:
             (s.ident, Pong(id=req.id, epoch=self.epoch, ts=format_ts(now), seqs=seqs))
         )
 
+    def _offer(self, s: Session, req: Offer, now: float, out: Outbox) -> None:
+        names = [c.name for c in req.commands]
+        if len(set(names)) != len(names):
+            raise ProtocolError(Code.BAD_REQUEST, "each command may be offered once")
+        s.offer = list(req.commands)
+        out.replies.append((s.ident, Offered(id=req.id, count=len(s.offer))))
+
+    def _commands(self, s: Session, req: Commands, now: float, out: Outbox) -> None:
+        if req.room is None:
+            members: Any = self.nicks.values()
+        else:
+            room = self.rooms.get(req.room)
+            members = room.members if room is not None else ()
+        found = [
+            CommandInfo(nick=m.nick, name=c.name, usage=c.usage, help=c.help)
+            for m in members
+            for c in m.offer
+        ]
+        found.sort(key=lambda c: (c.name, nick_key(c.nick)))
+        out.replies.append((s.ident, CommandsReply(id=req.id, room=req.room, commands=found)))
+
     def _bye(self, s: Session, req: Bye, now: float, out: Outbox) -> None:
         out.replies.append((s.ident, ByeReply(id=req.id)))
         self._end(s, "quit", now, out)
@@ -571,4 +599,6 @@ _HANDLERS: dict[type, Any] = {
     Topic: Core._topic,
     Ping: Core._ping,
     Bye: Core._bye,
+    Offer: Core._offer,
+    Commands: Core._commands,
 }

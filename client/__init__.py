@@ -16,13 +16,17 @@ from ._client import (
     Status,
     ZchatError,
 )
+from .bot import Bot, Message, Presence
 
 __all__ = [
+    "Bot",
     "Client",
     "ConnectTimeout",
     "CurveKeys",
     "Disconnected",
     "Item",
+    "Message",
+    "Presence",
     "Reconnected",
     "Repaired",
     "Status",

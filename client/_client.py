@@ -43,6 +43,10 @@ from messages import (
     NOTICE_TOPIC,
     Ack,
     Bye,
+    CommandInfo,
+    Commands,
+    CommandSpec,
+    CommandsReply,
     Error,
     Hello,
     History,
@@ -54,6 +58,8 @@ from messages import (
     NickEvent,
     NickReply,
     Notice,
+    Offer,
+    Offered,
     Part,
     Parted,
     Ping,
@@ -207,7 +213,10 @@ class Client:
         self._id_prefix = secrets.token_hex(4) + "-"
         self._next_id = 0
         self._rooms: dict[str, _Room] = {}
-        self._want_rooms = [check_room(normalize_room(r)) for r in (rooms or [DEFAULT_ROOM])]
+        self._want_rooms = [
+            check_room(normalize_room(r)) for r in (rooms if rooms is not None else [DEFAULT_ROOM])
+        ]
+        self._offer: list[CommandSpec] | None = None
         self._pending: dict[str, _Pending] = {}
         self._items: deque[Item] = deque()
         self._item_ready = asyncio.Event()
@@ -462,6 +471,25 @@ class Client:
         reply = await self.request(Topic(room=normalize_room(room), topic=topic))
         assert isinstance(reply, Ack)
         return reply
+
+    async def offer_commands(self, commands: Iterable[CommandSpec]) -> int:
+        """Announce the commands this client (a bot) answers; offered again
+        by itself after a reconnect."""
+        self._offer = list(commands)
+        reply = await self.request(Offer(commands=self._offer))
+        assert isinstance(reply, Offered)
+        return reply.count
+
+    async def commands(self, room: str | None = None) -> list[CommandInfo]:
+        """The commands offered by the members of ``room`` (everyone's without)."""
+        reply = await self.request(Commands(room=normalize_room(room) if room else None))
+        assert isinstance(reply, CommandsReply)
+        return reply.commands
+
+    @property
+    def backlog(self) -> int:
+        """How many items wait to be taken from :meth:`items`."""
+        return len(self._items)
 
     @property
     def rooms(self) -> list[str]:
@@ -738,6 +766,8 @@ class Client:
                 log.warning("could not rejoin #%s: %s", st.name, reply.message)
                 continue
             joins.append((st, reply))
+        if self._offer is not None:
+            await self._call(Offer(commands=self._offer))
         return joins
 
     async def _hello(self) -> Welcome:

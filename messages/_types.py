@@ -162,7 +162,40 @@ class Bye(_Request, tag="bye", kw_only=True):
     reason: str | None = None
 
 
-Request = Union[Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye]
+class CommandSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A command a bot offers: ``name`` (typed as ``!name``), usage, help."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_\-]{1,32}$")]
+    usage: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    help: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class Offer(_Request, tag="offer", kw_only=True):
+    """Addition: a bot announces its commands (replacing an earlier offer)."""
+
+    commands: Annotated[list[CommandSpec], msgspec.Meta(max_length=50)]
+
+    def checked(self, max_text: int = TEXT_MAX) -> Offer:
+        for c in self.commands:
+            for text in (c.usage, c.help):
+                clean_text(text, max_text, allow_empty=True)
+        return self
+
+
+class Commands(_Request, tag="commands", kw_only=True):
+    """Addition: which commands the members of a room (or everyone) offer."""
+
+    room: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Commands:
+        if self.room is not None:
+            check_room(self.room)
+        return self
+
+
+Request = Union[
+    Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye, Offer, Commands
+]
 
 # ------------------------------------------------------ replies and pushes
 
@@ -267,6 +300,22 @@ class Error(_Reply, tag="error", kw_only=True):
     retry_ms: int | None = None
 
 
+class Offered(_Reply, tag="offered", kw_only=True):
+    count: int
+
+
+class CommandInfo(msgspec.Struct, frozen=True, kw_only=True):
+    nick: str
+    name: str
+    usage: str
+    help: str
+
+
+class CommandsReply(_Reply, tag="commands", kw_only=True):
+    room: str | None
+    commands: list[CommandInfo]
+
+
 class PmPush(_Msg, tag="pm", kw_only=True):
     from_: str = msgspec.field(name="from")
     to: str
@@ -292,6 +341,8 @@ Reply = Union[
     Pong,
     ByeReply,
     Error,
+    Offered,
+    CommandsReply,
     PmPush,
     Notice,
 ]
@@ -336,5 +387,7 @@ Event = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, Notice]
 
 REQUEST_TYPES: dict[str, type[Any]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye)
+    for cls in (
+        Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye, Offer, Commands
+    )
 }

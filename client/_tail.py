@@ -1,0 +1,168 @@
+"""``zchat tail``: room events as lines, for people, pipes and ``jq``.
+
+Output goes through a writer thread fed by a small queue. When the reader
+of our stdout stalls, the queue fills and we stop taking events from the
+client; the client then stops reading its SUB socket, PUB drops, and the
+holes are repaired from history once the pipe moves again. Meanwhile the
+event loop keeps the session alive with its heartbeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import queue
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from messages import (
+    DEFAULT_ROOM,
+    JoinEvent,
+    LeaveEvent,
+    MsgEvent,
+    NickEvent,
+    TopicEvent,
+    encode,
+    parse_ts,
+)
+
+from ._cli import add_common
+from ._client import Client, Disconnected, Reconnected
+from ._programs import default_nick, make_client, run_program
+
+PROG = "zchat tail"
+ROOM_EVENTS = (MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Print room events as they arrive, each once and in order, "
+        "after the last N from history.",
+    )
+    add_common(p)
+    p.add_argument("--room", action="append", help="a room to follow (repeatable; default general)")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first print the last N events of each room",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per line, exactly as on the wire"
+    )
+    p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the broker at start (default %(default)s)",
+    )
+    return p
+
+
+def human(ev: Any, *, multi_room: bool) -> str:
+    """One event as a plain line: ``[HH:MM:SS] #room <nick> text``."""
+    when = parse_ts(ev.ts).astimezone().strftime("%H:%M:%S")
+    where = f"#{ev.room} " if multi_room else ""
+    if isinstance(ev, MsgEvent):
+        body = f"* {ev.from_} {ev.text}" if ev.action else f"<{ev.from_}> {ev.text}"
+    elif isinstance(ev, JoinEvent):
+        body = f"--> {ev.nick} joined"
+    elif isinstance(ev, LeaveEvent):
+        body = f"<-- {ev.nick} left ({ev.reason})"
+    elif isinstance(ev, NickEvent):
+        body = f"--- {ev.old} is now {ev.new}"
+    else:
+        body = f"--- {ev.nick} set the topic: {ev.topic}"
+    return f"[{when}] {where}{body}"
+
+
+class _Writer:
+    """Writes chunks to stdout from a thread, so a slow pipe never blocks the loop."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        out = sys.stdout.buffer
+        try:
+            while (chunk := self.q.get()) is not None:
+                out.write(chunk)
+                out.flush()
+        except BaseException as err:  # a closed pipe: the caller stops
+            self.error = err
+
+    async def write(self, chunk: bytes) -> None:
+        await asyncio.to_thread(self.q.put, chunk)
+        if self.error is not None:
+            raise BrokenPipeError("standard output was closed")
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.q.put, None)
+        await asyncio.to_thread(self.thread.join)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    rooms = args.room or [DEFAULT_ROOM]
+
+    async def body() -> int:
+        client = make_client(args, args.nick or default_nick("tail"), [])
+        await client.start(timeout=args.timeout)
+        writer = _Writer()
+        try:
+            return await _follow(client, rooms, args, writer)
+        except BrokenPipeError:
+            return 0
+        finally:
+            await client.close()
+            if writer.error is None:
+                await writer.close()
+
+    return run_program(PROG, body)
+
+
+async def _follow(client: Client, rooms: list[str], args: Any, writer: _Writer) -> int:
+    multi = len(rooms) > 1
+
+    def line(ev: Any) -> bytes:
+        if args.json:
+            return encode(ev) + b"\n"
+        return (human(ev, multi_room=multi) + "\n").encode()
+
+    printed = 0
+    for room in rooms:
+        joined = await client.join(room)
+        if args.history > 0 and joined.seq > 1:
+            events, _ = await client.history(room, before=joined.seq, limit=args.history)
+            if args.count:
+                events = events[: args.count - printed]
+            if events:
+                await writer.write(b"".join(line(e) for e in events))
+                printed += len(events)
+    if args.count and printed >= args.count:
+        return 0
+    chunk: list[bytes] = []
+    async for item in client.items():
+        if isinstance(item, ROOM_EVENTS):
+            chunk.append(line(item))
+            printed += 1
+        elif isinstance(item, Disconnected):
+            print(f"{PROG}: reconnecting ({item.reason})", file=sys.stderr)
+        elif isinstance(item, Reconnected):
+            print(f"{PROG}: reconnected, {item.recovered} missed events recovered", file=sys.stderr)
+        done = args.count and printed >= args.count
+        if chunk and (done or client.backlog == 0 or len(chunk) >= 512):
+            await writer.write(b"".join(chunk))
+            chunk.clear()
+        if done:
+            break
+    return 0

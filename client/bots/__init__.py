@@ -1,0 +1,1 @@
+"""Bots shipped with zchat, runnable with ``zchat bot NAME``."""

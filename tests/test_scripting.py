@@ -1,0 +1,355 @@
+"""``zchat send``, ``zchat tail`` and bots, as scripts use them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import Bot, Client, Reconnected
+from client.bots.dice import roll
+from messages import MsgEvent, PmPush
+
+from .helpers import ROOT, Broker, run, wait_until
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-test")
+
+
+def zchat(
+    *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
+
+
+def texts(broker: Broker, room: str = "general") -> list[str]:
+    async def body() -> list[str]:
+        async with Client(broker.endpoint, "reader", rooms=[]) as c:
+            events, _ = await c.history(room, limit=500)
+            return [e.text for e in events if isinstance(e, MsgEvent)]
+
+    return run(body())
+
+
+# ------------------------------------------------------------------ send
+
+
+def test_send_arguments_and_stdin(broker: Broker) -> None:
+    r = zchat(
+        "send",
+        "--connect",
+        broker.endpoint,
+        "--nick",
+        "ci",
+        "--room",
+        "#general",
+        "deploy",
+        "v1.2",
+        "done",
+    )
+    assert r.returncode == 0, r.stderr
+    r = zchat(
+        "send", "--connect", broker.endpoint, "--room", "general", stdin="one\n\ntwo\nthree\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert texts(broker) == ["deploy v1.2 done", "one", "two", "three"]
+
+
+def test_send_private_message(broker: Broker) -> None:
+    async def body() -> None:
+        async with Client(broker.endpoint, "ops") as ops:
+            r = await asyncio.to_thread(
+                zchat, "send", "--connect", broker.endpoint, "--to", "ops", "disk full"
+            )
+            assert r.returncode == 0, r.stderr
+            while True:
+                item = await ops.next_item(10)
+                if isinstance(item, PmPush):
+                    assert item.text == "disk full"
+                    return
+
+    run(body())
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "status", "words"),
+    [
+        (["--room", "Not A Room", "x"], None, 2, "not valid"),
+        (["--to", "nobody", "x"], None, 1, "no_such_user"),
+        (["--room", "general"], "fine\n\x1b[31mred\n", 1, "line 2"),
+        (["--room", "general", "x" * 5000], None, 1, "text_invalid"),
+    ],
+)
+def test_send_failures_are_one_line(
+    broker: Broker, args: list[str], stdin: str | None, status: int, words: str
+) -> None:
+    r = zchat("send", "--connect", broker.endpoint, *args, stdin=stdin)
+    assert r.returncode == status
+    assert words in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_send_taken_nick(broker: Broker) -> None:
+    async def body() -> None:
+        async with Client(broker.endpoint, "taken"):
+            r = await asyncio.to_thread(
+                zchat,
+                "send",
+                "--connect",
+                broker.endpoint,
+                "--nick",
+                "taken",
+                "--room",
+                "general",
+                "x",
+            )
+            assert r.returncode == 1 and "nick_taken" in r.stderr
+
+    run(body())
+
+
+def test_send_unreachable_broker_does_not_hang(broker: Broker) -> None:
+    endpoint = broker.endpoint
+    broker.kill()
+    started = time.monotonic()
+    r = zchat("send", "--connect", endpoint, "--timeout", "1", "--room", "general", "x")
+    assert r.returncode == 3 and "cannot reach" in r.stderr
+    assert time.monotonic() - started < 30
+
+
+# ------------------------------------------------------------------ tail
+
+
+def test_tail_json_history_and_count(broker: Broker) -> None:
+    zchat(
+        "send", "--connect", broker.endpoint, "--nick", "w", "--room", "general", stdin="a\nb\nc\n"
+    )
+    r = zchat(
+        "tail",
+        "--connect",
+        broker.endpoint,
+        "--nick",
+        "t",
+        "--history",
+        "3",
+        "--json",
+        "--count",
+        "4",
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [ev.get("text") for ev in lines[:2]] == ["b", "c"]
+    assert lines[2]["type"] == "leave" and lines[3] == {
+        "type": "join",
+        "room": "general",
+        "seq": lines[2]["seq"] + 1,
+        "ts": lines[3]["ts"],
+        "nick": "t",
+    }
+
+
+def _start_tail(broker: Broker, count: int, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "tail",
+            "--connect",
+            broker.endpoint,
+            "--nick",
+            "tail",
+            "--json",
+            "--count",
+            str(count),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+
+
+def _wait_joined(broker: Broker, nick: str) -> None:
+    async def body() -> None:
+        async with Client(broker.endpoint, "probe", rooms=[]) as c:
+            while nick not in [u.nick for u in (await c.who("general")).users]:
+                await asyncio.sleep(0.05)  # polling the broker with a deadline (run's timeout)
+
+    run(body(), 30)
+
+
+def test_tail_through_a_stalled_pipe_gets_every_message(make_broker: Callable[..., Broker]) -> None:
+    b = make_broker("--rate", "0")
+    n = 20_000
+    tail = _start_tail(b, n + 2)  # its join, the flood's join, then the messages
+    _wait_joined(b, "tail")
+
+    async def flood() -> None:
+        async with Client(b.endpoint, "flood") as c:
+            for start in range(0, n, 1000):
+                await asyncio.gather(
+                    *(c.say("general", str(i)) for i in range(start, start + 1000))
+                )
+
+    # Nobody reads the tail's stdout while the burst goes by: its pipe fills.
+    run(flood(), 120)
+    out, err = tail.communicate(timeout=120)
+    assert tail.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    msgs = [e["text"] for e in events if e["type"] == "msg"]
+    assert msgs == [str(i) for i in range(n)]
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def test_tail_across_a_broker_restart(broker: Broker) -> None:
+    tail = _start_tail(broker, 7)
+    _wait_joined(broker, "tail")
+    zchat("send", "--connect", broker.endpoint, "--nick", "w", "--room", "general", "before")
+    broker.kill()
+    broker.start()
+    zchat("send", "--connect", broker.endpoint, "--nick", "w", "--room", "general", "after")
+    out, err = tail.communicate(timeout=60)
+    assert tail.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["text"] for e in events if e["type"] == "msg"] == ["before", "after"]
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(set(seqs))
+
+
+# ------------------------------------------------------------------ bots
+
+
+def test_dice_rolls_and_refuses_absurd_sizes() -> None:
+    import random
+
+    rng = random.Random(7)
+    answer = roll("3d6+2", rng)
+    rolls = [int(x) for x in answer.split("[")[1].split("]")[0].split(", ")]
+    assert len(rolls) == 3 and all(1 <= r <= 6 for r in rolls)
+    assert answer.endswith(f"= {sum(rolls) + 2}")
+    assert "sorry" in roll("1000000d6", rng) and "sorry" in roll("1d1", rng)
+    assert roll("banana", rng).startswith("usage")
+
+
+def _bot() -> Bot:
+    bot = Bot("helper")
+
+    @bot.command("boom", help="fails on purpose")
+    def boom(msg: Any, args: str) -> str:
+        raise RuntimeError("boom")
+
+    @bot.command("add", usage="!add A B", help="adds")
+    async def add(msg: Any, args: str) -> str:
+        a, b = args.split()
+        return str(int(a) + int(b))
+
+    @bot.on_pm
+    async def pm(msg: Any) -> None:
+        await msg.reply(f"you said {msg.text}")
+
+    return bot
+
+
+async def _reply(client: Client, pred: Callable[[Any], bool], timeout: float = 20) -> Any:
+    while True:
+        item = await client.next_item(timeout)
+        if pred(item):
+            return item
+
+
+def test_bot_answers_survives_a_raising_handler_and_a_restart(broker: Broker) -> None:
+    async def body() -> None:
+        bot = _bot()
+        bot_client = bot.client(broker.endpoint)
+        task = asyncio.ensure_future(bot.run(bot_client))
+        async with Client(broker.endpoint, "human") as human:
+            while not await human.commands("general"):
+                await asyncio.sleep(0.05)
+            offered = await human.commands("general")
+            assert [(c.nick, c.name, c.usage) for c in offered] == [
+                ("helper", "add", "!add A B"),
+                ("helper", "boom", "!boom"),
+            ]
+            is_answer = lambda i: isinstance(i, MsgEvent) and i.from_ == "helper"  # noqa: E731
+            await human.say("general", "!boom")
+            await human.say("general", "!add 2 3")
+            assert (await _reply(human, is_answer)).text == "5"
+            assert bot.errors == 1
+            await human.pm("helper", "hi")
+            got = await _reply(human, lambda i: isinstance(i, PmPush))
+            assert got.text == "you said hi"
+            broker.kill()
+            broker.start()
+            await _reply(human, lambda i: isinstance(i, Reconnected), 30)
+            await human.say("general", "!add 40 2")
+            assert (await _reply(human, is_answer, 30)).text == "42"
+            # The offer came back with the bot.
+            assert [c.name for c in await human.commands("general")] == ["add", "boom"]
+        task.cancel()
+        await bot_client.close()
+
+    run(body(), 90)
+
+
+def test_zchat_bot_runs_a_shipped_bot(broker: Broker, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client", "bot", "dice", "--connect", broker.endpoint],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
+    try:
+
+        async def body() -> None:
+            async with Client(broker.endpoint, "player") as player:
+                while not await player.commands("general"):
+                    await asyncio.sleep(0.05)
+                await player.say("general", "!roll 2d6")
+                got = await _reply(player, lambda i: isinstance(i, MsgEvent) and i.from_ == "dice")
+                assert got.text.startswith("player rolls 2d6: [")
+
+        run(body(), 60)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_zchat_bot_refuses_an_unknown_bot() -> None:
+    r = zchat("bot", "nonesuch")
+    assert r.returncode == 2 and "no bot 'nonesuch'" in r.stderr
+
+
+def test_offer_is_validated(raw: Callable[[], Any]) -> None:
+    c = raw()
+    c.request({"type": "hello", "nick": "b"})
+    assert c.request({"type": "offer", "commands": [{"name": "Bad Name"}]})["code"] == "bad_request"
+    assert (
+        c.request({"type": "offer", "commands": [{"name": "a"}, {"name": "a"}]})["code"]
+        == "bad_request"
+    )
+    assert c.request({"type": "offer", "commands": [{"name": "a", "help": "x"}]}) == {
+        "type": "offered",
+        "count": 1,
+    }
+    reply = c.request({"type": "commands"})
+    assert reply == {
+        "type": "commands",
+        "room": None,
+        "commands": [{"nick": "b", "name": "a", "usage": "", "help": "x"}],
+    }
+    wait_until(lambda: True)
