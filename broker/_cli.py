@@ -152,6 +152,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def libzmq_problem(version: tuple[int, ...]) -> str | None:
+    """Why this libzmq must not be used, or None when it is recent enough."""
+    if tuple(version[:3]) < MIN_LIBZMQ:
+        return (
+            f"libzmq {'.'.join(map(str, version[:3]))} is too old: 4.3.5 or newer is needed "
+            "(CVE-2019-13132 and CVE-2020-15166 in the CURVE handshake); upgrade pyzmq"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["keygen"]:
@@ -165,12 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
     )
     log = logging.getLogger("zchat.broker")
-    if zmq.zmq_version_info() < MIN_LIBZMQ:
-        log.error(
-            "libzmq %s is too old: 4.3.5 or newer is needed (CVE-2019-13132 and "
-            "CVE-2020-15166 in older releases); upgrade pyzmq",
-            zmq.zmq_version(),
-        )
+    problem = libzmq_problem(zmq.zmq_version_info())
+    if problem is not None:
+        log.error("%s", problem)
+        return 2
+    if opts.allow_keys and not opts.curve_secret:
+        log.error("--allow-keys needs --curve-secret: without CURVE there are no keys to check")
         return 2
     store = opts.store or default_store()
     if store != ":memory:":
@@ -197,7 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except zmq.ZMQError as err:
         log.error("cannot listen: %s (is another broker running on these ports?)", err)
         return 1
+    except ValueError as err:
+        log.error("%s", err)
+        return 1
     except OSError as err:
-        log.error("cannot open the store %s: %s", store, err)
+        log.error("cannot open %s: %s", store, err)
         return 1
     return server.run()

@@ -34,6 +34,7 @@ import zmq
 from messages import NOTICE_TOPIC, Code, ProtocolError, decode_request, encode, room_topic
 
 from ._core import Config, Core, Outbox, error_reply
+from ._keys import Guard, load_secret, secure
 from ._store import Store
 
 log = logging.getLogger("zchat.broker")
@@ -89,6 +90,13 @@ class Server:
         self.dropped = 0
         self._topics: dict[str, bytes] = {}
         self._signals: list[int] = []
+        self.guard: Guard | None = None
+        if opts.curve_secret is not None:
+            public, secret = load_secret(opts.curve_secret)
+            self.guard = Guard(self.ctx, opts.allow_keys)
+            secure(self.router, public, secret)
+            secure(self.pub, public, secret)
+            self.public_key = public.decode()
         self._setup_sockets()
         self.store = Store(opts.store, fsync=opts.fsync)
         self.config = Config(
@@ -134,7 +142,8 @@ class Server:
         wake_w.setblocking(False)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
         old_handlers = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
@@ -150,7 +159,9 @@ class Server:
                 wait = 1000 if expiry is None else min(1000, max(0, int((expiry - now) * 1000) + 1))
                 ready = dict(poller.poll(wait))
                 now = time.time()
-                if router in ready:
+                if router in ready and self.guard is not None:
+                    self._read_curve(out, now)
+                elif router in ready:
                     for _ in range(BATCH):
                         try:
                             frames = router.recv_multipart(zmq.NOBLOCK)
@@ -186,6 +197,30 @@ class Server:
             self.close()
         log.info("stopped")
         return 0
+
+    def _read_curve(self, out: Outbox, now: float) -> None:
+        """The batch read with CURVE on: frames are kept as zmq.Frame to read
+        the sender's key from the connection (``User-Id``), never from the
+        message."""
+        router, core = self.router, self.core
+        for _ in range(BATCH):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ident = frames[0].bytes
+            if len(frames) != 2:
+                err = ProtocolError(
+                    Code.BAD_REQUEST, f"a request is exactly one frame, not {len(frames) - 1}"
+                )
+                out.replies.append((ident, error_reply(err)))
+                continue
+            try:
+                req = decode_request(frames[1].bytes, max_text=self.config.max_text)
+            except ProtocolError as err:
+                out.replies.append((ident, error_reply(err)))
+                continue
+            core.handle(ident, req, now, out, peer_key=frames[1].get("User-Id"))
 
     def _flush(self, out: Outbox) -> None:
         self.store.commit()
@@ -230,6 +265,12 @@ class Server:
             if signum in (signal.SIGINT, signal.SIGTERM):
                 log.info("got %s, shutting down", signal.Signals(signum).name)
                 self.stopping = True
+            elif signum == signal.SIGHUP and self.guard is not None:
+                try:
+                    n = self.guard.reload()
+                    log.info("SIGHUP: allow-list re-read, %d keys", n)
+                except ValueError as err:
+                    log.error("SIGHUP: %s; keeping the old allow-list", err)
 
     def _announce(self) -> None:
         o = self.opts
@@ -255,7 +296,10 @@ class Server:
             o.max_text,
             o.max_msg_bytes,
         )
-        if not self.config.curve:
+        if self.config.curve:
+            allowed = "every client key" if o.allow_keys is None else f"the keys in {o.allow_keys}"
+            log.info("CURVE on: server key %s; admitting %s", self.public_key, allowed)
+        else:
             for ep in (self.bind_endpoint, self.pub_endpoint):
                 if not is_loopback(ep):
                     log.warning(
@@ -273,6 +317,7 @@ class Server:
                         "events": self.config.events,
                         "epoch": self.core.epoch,
                         "pid": os.getpid(),
+                        "public_key": getattr(self, "public_key", None),
                     },
                     f,
                 )
@@ -282,4 +327,6 @@ class Server:
         self.store.close()
         self.router.close()
         self.pub.close()
+        if self.guard is not None:
+            self.guard.stop()
         self.ctx.term()

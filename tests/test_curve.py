@@ -1,0 +1,235 @@
+"""CURVE: encryption on both sockets, allow-lists, nick ownership."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from broker._cli import libzmq_problem
+from broker._keys import keygen
+from client import Client, ZchatError
+from client._keys import curve_keys, fingerprint, own_key_pair, server_public_key
+from messages import MsgEvent
+
+from .helpers import ROOT, Broker, RawClient, run, wait_until
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    keygen(tmp_path / "server")
+    return tmp_path
+
+
+def curve_broker(make_broker: Callable[..., Broker], keys: Path, *extra: str) -> Broker:
+    return make_broker("--curve-secret", str(keys / "server" / "broker.key_secret"), *extra)
+
+
+def client_keys(keys: Path, who: str) -> Any:
+    return curve_keys(str(keys / "server" / "broker.key"), key_dir=keys / who)
+
+
+def test_keygen_writes_certificates_with_a_private_secret(keys: Path) -> None:
+    secret = keys / "server" / "broker.key_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    public, sec = zmq.auth.load_certificate(str(secret))
+    assert len(public) == 40 and sec is not None and len(sec) == 40
+    assert zmq.auth.load_certificate(str(keys / "server" / "broker.key"))[0] == public
+    with pytest.raises(FileExistsError):
+        keygen(keys / "server")
+    r = subprocess.run(
+        [sys.executable, "-m", "broker", "keygen", str(keys / "cli"), "--name", "x"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=30,
+    )
+    assert r.returncode == 0 and (keys / "cli" / "x.key_secret").exists()
+
+
+def test_server_key_as_z85_or_file_and_own_pair(keys: Path) -> None:
+    from_file = server_public_key(str(keys / "server" / "broker.key"))
+    assert server_public_key(from_file.decode()) == from_file
+    with pytest.raises(ValueError):
+        server_public_key("not a key")
+    pair = own_key_pair(keys / "me")
+    assert own_key_pair(keys / "me") == pair  # created once, then kept
+    assert stat.S_IMODE((keys / "me" / "client.key_secret").stat().st_mode) == 0o600
+    assert len(fingerprint(from_file)) == 39
+
+
+def test_curve_clients_chat(make_broker: Callable[..., Broker], keys: Path) -> None:
+    b = curve_broker(make_broker, keys)
+    assert "CURVE on" in b.log_text()
+
+    async def body() -> None:
+        async with (
+            Client(b.endpoint, "alice", curve=client_keys(keys, "a")) as alice,
+            Client(b.endpoint, "bob", curve=client_keys(keys, "b")) as bob,
+        ):
+            await alice.say("general", "encrypted hello")
+            while True:
+                item = await bob.next_item(10)
+                if isinstance(item, MsgEvent) and item.text == "encrypted hello":
+                    break
+            await bob.pm("alice", "secret")
+
+    run(body())
+
+
+def test_plain_clients_get_nothing(
+    make_broker: Callable[..., Broker], keys: Path, zctx: Any
+) -> None:
+    b = curve_broker(make_broker, keys)
+    plain = RawClient(zctx, b.endpoint)
+    plain.send({"type": "ping"})
+    assert not plain.dealer.poll(1000)
+    spy = zctx.socket(zmq.SUB)
+    spy.linger = 0
+    spy.subscribe(b"")
+    spy.connect(b.events)
+
+    async def chat() -> None:
+        async with Client(b.endpoint, "alice", curve=client_keys(keys, "a")) as alice:
+            for i in range(5):
+                await alice.say("general", f"m{i}")
+
+    run(chat())
+    assert not spy.poll(500)
+    spy.close()
+    plain.close()
+
+
+def test_allow_list_and_sighup(make_broker: Callable[..., Broker], keys: Path) -> None:
+    allowed = keys / "allowed"
+    allowed.mkdir()
+    alice_keys, mallory_keys = client_keys(keys, "a"), client_keys(keys, "m")
+    shutil.copy(keys / "a" / "client.key", allowed / "alice.key")
+    b = curve_broker(make_broker, keys, "--allow-keys", str(allowed))
+
+    async def try_connect(curve: Any) -> bool:
+        # Each key its own nick: with CURVE a nick belongs to its first key.
+        c = Client(b.endpoint, "alice" if curve is alice_keys else "mallory", curve=curve)
+        try:
+            await c.start(timeout=2)
+        except ZchatError:
+            return False
+        await c.close()
+        return True
+
+    assert run(try_connect(alice_keys))
+    assert not run(try_connect(mallory_keys))
+    shutil.copy(keys / "m" / "client.key", allowed / "mallory.key")
+    b.signal(signal.SIGHUP)
+    wait_until(lambda: "allow-list re-read, 2 keys" in b.log_text(), 10, "the reload")
+    assert run(try_connect(mallory_keys))
+
+
+def test_nick_belongs_to_its_first_key_across_restarts(
+    make_broker: Callable[..., Broker], keys: Path
+) -> None:
+    b = curve_broker(make_broker, keys)
+    alice_keys, mallory_keys = client_keys(keys, "a"), client_keys(keys, "m")
+
+    async def hello(nick: str, curve: Any) -> str:
+        c = Client(b.endpoint, nick, curve=curve)
+        try:
+            await c.start(timeout=5)
+        except ZchatError as err:
+            return err.code
+        await c.close()
+        return "ok"
+
+    assert run(hello("alice", alice_keys)) == "ok"
+    assert run(hello("ALICE", mallory_keys)) == "unauthorized"
+    b.restart()
+    assert run(hello("alice", mallory_keys)) == "unauthorized"
+    assert run(hello("alice", alice_keys)) == "ok"
+    assert run(hello("mallory", mallory_keys)) == "ok"
+
+    async def rename() -> str:
+        async with Client(b.endpoint, "mallory", curve=mallory_keys) as m:
+            try:
+                await m.set_nick("alice")
+            except ZchatError as err:
+                return err.code
+        return "ok"
+
+    assert run(rename()) == "unauthorized"
+
+
+def test_old_libzmq_is_refused() -> None:
+    assert "too old" in (libzmq_problem((4, 3, 4)) or "")
+    assert libzmq_problem((4, 3, 5)) is None and libzmq_problem((5, 0, 0)) is None
+
+
+def test_warns_beyond_loopback_without_curve(
+    make_broker: Callable[..., Broker], keys: Path
+) -> None:
+    b = make_broker(start=False)
+    b.bind = "tcp://0.0.0.0:0"
+    b.start()
+    assert "NOT encrypted" in b.log_text()
+    quiet = make_broker()
+    assert "NOT encrypted" not in quiet.log_text()
+
+
+def test_send_with_server_key(make_broker: Callable[..., Broker], keys: Path) -> None:
+    b = curve_broker(make_broker, keys)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME=str(keys / "cfg"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "send",
+            "--connect",
+            b.endpoint,
+            "--server-key",
+            str(keys / "server" / "broker.key"),
+            "--room",
+            "general",
+            "over curve",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+
+    async def check() -> list[str]:
+        async with Client(b.endpoint, "reader", curve=client_keys(keys, "r")) as c:
+            events, _ = await c.history("general")
+            return [e.text for e in events if isinstance(e, MsgEvent)]
+
+    assert run(check()) == ["over curve"]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "send",
+            "--connect",
+            b.endpoint,
+            "--timeout",
+            "2",
+            "--room",
+            "general",
+            "plain",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 3
