@@ -289,6 +289,8 @@ class Client:
         for p in self._pending.values():
             if not p.future.done():
                 p.future.set_exception(ZchatError("closed", "the client was closed"))
+                # Whoever waited may be gone (a cancelled ping): don't log it.
+                p.future.exception()
         for sock in (self._dealer, self._sub):
             if sock is not None:
                 sock.close(linger=0)
