@@ -40,6 +40,10 @@ from ._store import Store
 log = logging.getLogger("zchat.broker")
 
 BATCH = 4096
+# Plain ints: pyzmq's flag enums cost an Enum call per send on the hot path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_MORE_NOBLOCK = _NOBLOCK | _SNDMORE
 LINGER_MS = 500
 
 
@@ -162,21 +166,26 @@ class Server:
                 if router in ready and self.guard is not None:
                     self._read_curve(out, now)
                 elif router in ready:
+                    recv = router.recv
                     for _ in range(BATCH):
                         try:
-                            frames = router.recv_multipart(zmq.NOBLOCK)
+                            ident = recv(_NOBLOCK)
                         except zmq.Again:
                             break
-                        ident = frames[0]
-                        if len(frames) != 2:
+                        body = recv(_NOBLOCK)
+                        if router.rcvmore:
+                            extra = 1
+                            while router.rcvmore:
+                                recv(_NOBLOCK)
+                                extra += 1
                             err = ProtocolError(
                                 Code.BAD_REQUEST,
-                                f"a request is exactly one frame, not {len(frames) - 1}",
+                                f"a request is exactly one frame, not {extra + 1}",
                             )
                             out.replies.append((ident, error_reply(err)))
                             continue
                         try:
-                            req = decode_request(frames[1], max_text=max_text)
+                            req = decode_request(body, max_text=max_text)
                         except ProtocolError as err:
                             out.replies.append((ident, error_reply(err)))
                             continue
@@ -236,13 +245,17 @@ class Server:
             topic = topics.get(ev.room)
             if topic is None:
                 topic = topics[ev.room] = room_topic(ev.room)
-            pub.send_multipart((topic, ev.body))
+            pub.send(topic, _SNDMORE)
+            pub.send(ev.body)
         for body in out.notices:
             pub.send_multipart((NOTICE_TOPIC, body))
-        send = self.router.send_multipart
+        send = self.router.send
         for ident, msg in out.replies:
             try:
-                send((ident, encode(msg)), zmq.NOBLOCK)
+                # ROUTER_MANDATORY reports a gone peer on the first frame,
+                # so a failed send never leaves half a message queued.
+                send(ident, _MORE_NOBLOCK)
+                send(encode(msg), _NOBLOCK)
             except zmq.ZMQError as err:
                 # EHOSTUNREACH: the peer is gone; EAGAIN: its queue is full.
                 # Either way the client repairs from history or resends.

@@ -51,7 +51,16 @@ def check_nick(nick: str) -> str:
     return nick
 
 
+_good_rooms: set[str] = set()
+
+
 def check_room(room: str) -> str:
+    if room in _good_rooms:
+        return room
+    if is_room(room):
+        if len(_good_rooms) < 10_000:
+            _good_rooms.add(room)
+        return room
     if not is_room(room):
         raise ProtocolError(
             Code.ROOM_INVALID,
@@ -101,11 +110,20 @@ def clean_text(text: str, max_text: int = TEXT_MAX, *, allow_empty: bool = False
     return text
 
 
+_last_ts: tuple[int, str] = (-1, "")
+
+
 def format_ts(now: float) -> str:
     """``now`` (seconds since the epoch) as RFC 3339 UTC with milliseconds."""
+    global _last_ts
     ms = int(now * 1000)
-    secs, ms = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+    # A broker batch stamps many events with one clock reading: format once.
+    if _last_ts[0] == ms:
+        return _last_ts[1]
+    secs, frac = divmod(ms, 1000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:03d}Z"
+    _last_ts = (ms, text)
+    return text
 
 
 def parse_ts(ts: str) -> datetime:

@@ -388,6 +388,19 @@ Event = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, Notice]
 REQUEST_TYPES: dict[str, type[Any]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
-        Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye, Offer, Commands
+        Hello,
+        Join,
+        Part,
+        Say,
+        Pm,
+        Who,
+        Rooms,
+        History,
+        Nick,
+        Topic,
+        Ping,
+        Bye,
+        Offer,
+        Commands,
     )
 }

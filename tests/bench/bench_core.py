@@ -1,0 +1,359 @@
+"""The broker against libzmq's own ``zmq.proxy``, fed by the same generator.
+
+* ingest: ``say`` requests per second, each persisted, published and acked,
+  counted where a subscriber receives them; the baseline is ``zmq.proxy``
+  from a ROUTER to a PUB forwarding the same frames (no logic at all).
+* fan-out: deliveries per second to 1, 10 and 100 subscribers.
+* latency: p50/p99 from send to receipt at 2,000 msg/s, 20 subscribers.
+* join storm: 1,000 sessions saying hello and joining; memory per session.
+* CURVE: ingest with encryption on beside off.
+
+The generator runs in its own process (spawned, so no ZeroMQ context is
+forked) and sends pre-encoded frames; subscribers count in this process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from tests.helpers import Broker
+
+ROOM = "bench"
+TOPIC = b"#bench\x00"
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# ----------------------------------------------------------------- processes
+
+
+def _proxy(q: Any) -> None:
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    pub = ctx.socket(zmq.PUB)
+    router.setsockopt(zmq.RCVHWM, 0)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    rport = router.bind_to_random_port("tcp://127.0.0.1")
+    pport = pub.bind_to_random_port("tcp://127.0.0.1")
+    q.put((f"tcp://127.0.0.1:{rport}", f"tcp://127.0.0.1:{pport}"))
+    zmq.proxy(router, pub)
+
+
+def _generator(
+    endpoint: str,
+    zchat: bool,
+    n: int,
+    conns: int,
+    rate: float,
+    ready: Any,
+    go: Any,
+    curve: tuple[bytes, bytes, bytes] | None,
+    result: Any,
+) -> None:
+    """Send ``n`` say frames over ``conns`` DEALERs, as fast as possible
+    (``rate`` 0) or paced at ``rate`` per second with a timestamp as text."""
+    ctx = zmq.Context()
+    dealers = []
+    for i in range(conns):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.SNDHWM, 0)
+        d.setsockopt(zmq.RCVHWM, 0)
+        d.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            d.curve_serverkey, d.curve_publickey, d.curve_secretkey = curve
+        d.connect(endpoint)
+        if zchat:
+            d.send(b'{"type":"hello","nick":"gen%d"}' % i)
+            d.recv()
+            d.send(b'{"type":"join","room":"bench"}')
+            d.recv()
+        dealers.append(d)
+    warm = b'{"type":"say","room":"bench","text":"warmup"}'
+    frames = [
+        b'{"type":"say","room":"bench","text":"message number %d of the benchmark","id":"m%d"}'
+        % (i, i)
+        for i in range(n)
+    ]
+    ready.set()
+    while not go.is_set():
+        dealers[0].send(warm)
+        go.wait(0.01)
+    acks = 0
+    t0 = time.time()
+    for i in range(n):
+        d = dealers[i % conns]
+        if rate:
+            target = t0 + i / rate
+            while (now := time.time()) < target:
+                time.sleep(min(0.0005, target - now))
+            d.send(b'{"type":"say","room":"bench","text":"%d","id":"t%d"}' % (time.time_ns(), i))
+        else:
+            d.send(frames[i])
+        if zchat and i % 64 == 63:
+            for dd in dealers:
+                while dd.poll(0):
+                    acks += b'"id"' in dd.recv()
+    if zchat:
+        deadline = time.time() + 60
+        while acks < n and time.time() < deadline:
+            for dd in dealers:
+                while dd.poll(1):
+                    acks += b'"id"' in dd.recv()
+    result.put(acks)
+    for d in dealers:
+        d.close(0)
+    ctx.term()
+
+
+# ------------------------------------------------------------------ running
+
+
+class Target:
+    """A broker or the proxy, started for one measurement."""
+
+    def __init__(self, kind: str, tmp: Path, *extra: str) -> None:
+        self.kind = kind
+        self.proc: Any = None
+        self.broker: Broker | None = None
+        self.curve: tuple[bytes, bytes, bytes] | None = None
+        if kind == "proxy":
+            q = mp.get_context("spawn").Queue()
+            self.proc = mp.get_context("spawn").Process(target=_proxy, args=(q,), daemon=True)
+            self.proc.start()
+            self.endpoint, self.events = q.get(timeout=30)
+            self.pid = self.proc.pid
+        else:
+            args = ["--rate", "0", "--pub-hwm", "0", "-q", *extra]
+            if kind == "curve":
+                from broker._keys import keygen
+
+                public, secret = keygen(tmp / "keys")
+                args += ["--curve-secret", str(secret)]
+                client_pub, client_sec = zmq.curve_keypair()
+                server_pub = zmq.auth.load_certificate(str(public))[0]
+                self.curve = (server_pub, client_pub, client_sec)
+            workdir = tmp / f"broker-{kind}-{time.monotonic_ns()}"
+            workdir.mkdir()
+            self.broker = Broker(workdir, *args).start()
+            self.endpoint, self.events = self.broker.endpoint, self.broker.events
+            assert self.broker.proc is not None
+            self.pid = self.broker.proc.pid
+
+    def close(self) -> None:
+        if self.broker is not None:
+            self.broker.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.join(10)
+
+
+def _subs(ctx: zmq.Context[Any], target: Target, count: int) -> list[zmq.Socket[Any]]:
+    subs = []
+    for _ in range(count):
+        s = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.LINGER, 0)
+        if target.curve is not None:
+            s.curve_serverkey, s.curve_publickey, s.curve_secretkey = target.curve
+        s.subscribe(TOPIC if target.kind != "proxy" else b"")
+        s.connect(target.events)
+        subs.append(s)
+    return subs
+
+
+def measure(
+    target: Target, *, n: int, subs: int = 1, conns: int = 4, rate: float = 0.0
+) -> dict[str, Any]:
+    """Send ``n`` messages; returns rate, completeness and latencies."""
+    spawn = mp.get_context("spawn")
+    ready, go, result = spawn.Event(), spawn.Event(), spawn.Queue()
+    gen = spawn.Process(
+        target=_generator,
+        args=(
+            target.endpoint,
+            target.kind != "proxy",
+            n,
+            conns,
+            rate,
+            ready,
+            go,
+            target.curve,
+            result,
+        ),
+        daemon=True,
+    )
+    gen.start()
+    ctx: zmq.Context[Any] = zmq.Context()
+    sockets = _subs(ctx, target, subs)
+    poller = zmq.Poller()
+    for s in sockets:
+        poller.register(s, zmq.POLLIN)
+    ready.wait(60)
+    # Warm-up frames flow until every subscriber has seen one: then no
+    # subscription can still be on its way, and the count starts clean.
+    warmed: set[int] = set()
+    while len(warmed) < subs:
+        for s, _ in poller.poll(1000):
+            s.recv_multipart()
+            warmed.add(id(s))
+    go.set()
+    got = 0
+    lat: list[float] = []
+    first = last = 0.0
+    deadline = time.monotonic() + 120
+    want = n * subs
+    while got < want and time.monotonic() < deadline:
+        for s, _ in poller.poll(1000):
+            while True:
+                try:
+                    frames = s.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                body = frames[-1]
+                # Only the measured messages: not warm-up, not join events.
+                if b'"id"' not in body:
+                    continue
+                now = time.time_ns()
+                if not first:
+                    first = time.perf_counter()
+                last = time.perf_counter()
+                got += 1
+                if rate:
+                    text = body.rsplit(b'"text":"', 1)[1].split(b'"', 1)[0]
+                    lat.append((now - int(text)) / 1e6)
+    acks = result.get(timeout=60)
+    gen.join(30)
+    for s in sockets:
+        s.close(0)
+    ctx.term()
+    elapsed = max(last - first, 1e-9)
+    return {
+        "rate": (got / subs - 1) / elapsed,
+        "deliveries": (got - subs) / elapsed,
+        "complete": got == want,
+        "got": got,
+        "want": want,
+        "acks": acks,
+        "p50": statistics.median(lat) if lat else 0.0,
+        "p99": statistics.quantiles(lat, n=100)[98] if len(lat) > 100 else 0.0,
+    }
+
+
+def join_storm(target: Target, sessions: int) -> tuple[float, float]:
+    """Seconds for ``sessions`` to hello and join, and broker KiB per session."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    before = _rss_kb(target.pid)
+    dealers = []
+    t0 = time.perf_counter()
+    for i in range(sessions):
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(target.endpoint)
+        d.send(b'{"type":"hello","nick":"s%d"}' % i)
+        d.send(b'{"type":"join","room":"room%d"}' % (i % 50))
+        dealers.append(d)
+    poller = zmq.Poller()
+    for d in dealers:
+        poller.register(d, zmq.POLLIN)
+    replies = 0
+    deadline = time.monotonic() + 60
+    while replies < 2 * sessions and time.monotonic() < deadline:
+        for d, _ in poller.poll(1000):
+            while d.poll(0):
+                d.recv()
+                replies += 1
+    elapsed = time.perf_counter() - t0
+    after = _rss_kb(target.pid)
+    for d in dealers:
+        d.close(0)
+    ctx.term()
+    assert replies == 2 * sessions, f"only {replies} of {2 * sessions} replies"
+    return elapsed, (after - before) / sessions
+
+
+def run(quick: bool = False) -> list[tuple[str, str, str]]:
+    n = 5_000 if quick else 40_000
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+
+        def once(kind: str, **kw: Any) -> dict[str, Any]:
+            target = Target(kind, tmp)
+            try:
+                return measure(target, **kw)
+            finally:
+                target.close()
+
+        proxy = once("proxy", n=n)
+        broker = once("zchat", n=n)
+        curve = once("curve", n=n // 2)
+        complete = all(r["complete"] for r in (proxy, broker, curve))
+        rows += [
+            (
+                "ingest, zmq.proxy (baseline)",
+                f"{proxy['rate']:,.0f}/s",
+                "ROUTER->PUB in C, same frames",
+            ),
+            (
+                "ingest, zchat",
+                f"{broker['rate']:,.0f}/s",
+                f"{broker['rate'] / proxy['rate']:.2f} of the proxy; each persisted, published, acked",
+            ),
+            (
+                "ingest, zchat with CURVE",
+                f"{curve['rate']:,.0f}/s",
+                f"{curve['rate'] / broker['rate']:.2f} of zchat without CURVE",
+            ),
+            (
+                "every message delivered",
+                "yes" if complete else "NO",
+                f"{broker['got']}/{broker['want']} zchat, acks {broker['acks']}/{n}",
+            ),
+        ]
+        for subs in (1, 10, 100):
+            m = max(1000, n // subs // (2 if quick else 1))
+            p = once("proxy", n=m, subs=subs)
+            z = once("zchat", n=m, subs=subs)
+            rows.append(
+                (
+                    f"fan-out to {subs}",
+                    f"{z['deliveries']:,.0f}/s",
+                    f"{z['deliveries'] / p['deliveries']:.2f} of the proxy ({p['deliveries']:,.0f}/s)"
+                    + ("" if z["complete"] and p["complete"] else "; INCOMPLETE"),
+                )
+            )
+        lat_n = 2_000 if quick else 6_000
+        p = once("proxy", n=lat_n, subs=20, conns=1, rate=2000)
+        z = once("zchat", n=lat_n, subs=20, conns=1, rate=2000)
+        rows += [
+            ("latency p50 at 2,000/s, 20 subs", f"{z['p50']:.2f} ms", f"proxy {p['p50']:.2f} ms"),
+            ("latency p99 at 2,000/s, 20 subs", f"{z['p99']:.2f} ms", f"proxy {p['p99']:.2f} ms"),
+        ]
+        target = Target("zchat", tmp)
+        try:
+            sessions = 200 if quick else 1000
+            seconds, kib = join_storm(target, sessions)
+        finally:
+            target.close()
+        rows += [
+            (f"join storm, {sessions} sessions", f"{seconds:.2f} s", "hello + join each, 50 rooms"),
+            ("broker memory per session", f"{kib:.1f} KiB", "RSS growth over the storm / sessions"),
+        ]
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(" | ".join(row))
