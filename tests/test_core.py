@@ -1,0 +1,282 @@
+"""The broker core as a state machine: no sockets, time is an argument."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+import messages as m
+from broker import Config, Core, Outbox, Store
+
+T0 = 1_795_521_600.0  # 2026-11-24T12:00:00Z
+
+
+class World:
+    """A core, its store, and a clock that moves only when told."""
+
+    def __init__(self, store: Store | None = None, **config: Any) -> None:
+        self.store = store or Store(":memory:")
+        self.core = Core(Config(**config), self.store)
+        self.now = T0
+        self.published: list[Any] = []
+
+    def send(self, ident: bytes, req: Any) -> list[tuple[bytes, Any]]:
+        """One request; returns the replies and pushes, remembers the events."""
+        out = Outbox()
+        self.core.handle(ident, req, self.now, out)
+        return self._flush(out)
+
+    def _flush(self, out: Outbox) -> list[tuple[bytes, Any]]:
+        self.store.commit()
+        self.published += [m.decode_event(e.body) for e in out.events]
+        return list(out.replies)
+
+    def ask(self, ident: bytes, req: Any) -> Any:
+        """The one reply to ``ident``."""
+        replies = [msg for to, msg in self.send(ident, req) if to == ident]
+        assert len(replies) == 1, replies
+        return replies[0]
+
+    def hello(self, ident: bytes, nick: str, *rooms: str) -> m.Welcome:
+        w = self.ask(ident, m.Hello(nick=nick))
+        assert isinstance(w, m.Welcome), w
+        for room in rooms:
+            assert isinstance(self.ask(ident, m.Join(room=room)), m.Joined)
+        return w
+
+    def expire(self) -> list[tuple[bytes, Any]]:
+        out = Outbox()
+        self.core.expire(self.now, out)
+        return self._flush(out)
+
+    def seqs(self, room: str) -> list[int]:
+        return [e.seq for e in self.published if getattr(e, "room", None) == room]
+
+
+def code(reply: Any) -> str:
+    assert isinstance(reply, m.Error), reply
+    return reply.code
+
+
+def test_hello_welcome_and_nick_rules() -> None:
+    w = World(heartbeat_ms=1000, timeout_ms=5000)
+    welcome = w.hello(b"a", "Alice")
+    assert welcome.nick == "Alice" and welcome.heartbeat_ms == 1000 and welcome.timeout_ms == 5000
+    assert welcome.server.epoch == w.core.epoch and welcome.server.store == w.store.store_id
+    assert code(w.ask(b"b", m.Hello(nick="alice"))) == "nick_taken"
+    again = w.ask(b"a", m.Hello(nick="Alice", id="2"))
+    assert isinstance(again, m.Welcome) and again.token == welcome.token and again.id == "2"
+    assert code(w.ask(b"a", m.Hello(nick="other"))) == "bad_request"
+    assert code(w.ask(b"c", m.Say(room="general", text="hi", id="s"))) == "no_session"
+
+
+def test_token_takes_over_without_leave_or_join() -> None:
+    w = World()
+    token = w.hello(b"old", "alice", "general").token
+    before = len(w.published)
+    assert code(w.ask(b"new", m.Hello(nick="alice", token="nope"))) == "nick_taken"
+    assert w.ask(b"new", m.Hello(nick="alice", token=token)).token == token
+    assert len(w.published) == before
+    pong = w.ask(b"new", m.Ping())
+    assert pong.seqs == {"general": 1}
+    assert w.ask(b"old", m.Ping()).seqs == {}  # the old connection has no session now
+
+
+def test_join_part_and_membership() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general")
+    w.hello(b"b", "bob")
+    joined = w.ask(b"b", m.Join(room="general"))
+    assert joined.members == ["alice", "bob"] and joined.seq == 2
+    again = w.ask(b"b", m.Join(room="general"))
+    assert again.seq == 2 and w.seqs("general") == [1, 2]
+    assert w.ask(b"b", m.Part(room="general", id="p")) == m.Parted(room="general", id="p")
+    assert w.published[-1] == m.LeaveEvent(
+        room="general", seq=3, ts=m.format_ts(T0), nick="bob", reason="part"
+    )
+    assert code(w.ask(b"b", m.Part(room="general"))) == "not_in_room"
+    assert code(w.ask(b"b", m.Say(room="general", text="x"))) == "not_in_room"
+    who = w.ask(b"b", m.Who(room="general"))
+    assert [u.nick for u in who.users] == ["alice"]
+
+
+def test_say_is_numbered_stamped_and_acked() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general")
+    w.now += 1.5
+    ack = w.ask(b"a", m.Say(room="general", text="hi", id="x"))
+    assert ack == m.Ack(room="general", seq=2, ts=m.format_ts(T0 + 1.5), id="x")
+    assert w.published[-1] == m.MsgEvent(
+        room="general", seq=2, ts=ack.ts, from_="alice", text="hi", id="x"
+    )
+    w.ask(b"a", m.Say(room="general", text="me", action=True))
+    assert w.published[-1].action is True
+    assert w.seqs("general") == [1, 2, 3]
+
+
+def test_pm_is_pushed_not_published() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general")
+    w.hello(b"b", "bob")
+    before = len(w.published)
+    replies = w.send(b"a", m.Pm(to="BOB", text="psst", id="1"))
+    assert (b"b", m.PmPush(from_="alice", to="bob", text="psst", ts=m.format_ts(T0))) in replies
+    assert (b"a", m.Ack(to="bob", ts=m.format_ts(T0), id="1")) in replies
+    assert len(w.published) == before
+    assert code(w.ask(b"a", m.Pm(to="carol", text="x"))) == "no_such_user"
+
+
+def test_repeated_ids_are_answered_with_the_first_ack() -> None:
+    w = World(timeout_ms=3_600_000)
+    w.hello(b"a", "alice", "general")
+    w.hello(b"b", "bob")
+    first = w.ask(b"a", m.Say(room="general", text="once", id="d"))
+    w.now += 5
+    assert w.ask(b"a", m.Say(room="general", text="once", id="d")) == first
+    assert [e.text for e in w.published if isinstance(e, m.MsgEvent)] == ["once"]
+    pm = w.send(b"a", m.Pm(to="bob", text="x", id="p"))
+    again = w.send(b"a", m.Pm(to="bob", text="x", id="p"))
+    assert [r for r in again if r[0] == b"b"] == []  # not pushed twice
+    assert [r for r in again if r[0] == b"a"] == [r for r in pm if r[0] == b"a"]
+    # Another nick may use the same id.
+    w.hello(b"c", "carol", "general")
+    assert w.ask(b"c", m.Say(room="general", text="mine", id="d")).seq != first.seq
+    # After ten minutes the id may be used again.
+    w.now += 601
+    w.expire()
+    w.ask(b"a", m.Ping())
+    assert w.ask(b"a", m.Say(room="general", text="once", id="d")).seq > first.seq
+
+
+def test_dedup_and_seq_survive_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "store.db")
+    w = World(Store(path))
+    w.hello(b"a", "alice", "general")
+    ack = w.ask(b"a", m.Say(room="general", text="stored", id="s1"))
+    pm_ack = w.send(b"a", m.Pm(to="alice", text="self", id="p1"))
+    w.ask(b"a", m.Topic(room="general", topic="kept"))
+    w.store.close()
+    # A new broker on the same store: new epoch, same numbering, same ids.
+    w2 = World(Store(path))
+    assert w2.core.epoch != w.core.epoch and w2.store.store_id == w.store.store_id
+    assert w2.core.load_recent(T0 + 10) == 2
+    w2.now = T0 + 10
+    w2.hello(b"a2", "alice")
+    joined = w2.ask(b"a2", m.Join(room="general"))
+    assert joined.seq == 4 and joined.topic == "kept"
+    assert w2.ask(b"a2", m.Say(room="general", text="stored", id="s1")) == ack
+    first_pm_ack = [msg for _, msg in pm_ack if isinstance(msg, m.Ack)]
+    again = [msg for _, msg in w2.send(b"a2", m.Pm(to="alice", text="self", id="p1"))]
+    assert again == first_pm_ack  # answered from the store: no second push
+    events, more = w2.store.history("general", after=None, before=None, limit=50)
+    assert [m.decode_event(e).seq for e in events] == [1, 2, 3, 4] and not more
+
+
+def test_rate_limit_with_a_fake_clock() -> None:
+    w = World(rate=2.0, burst=3)
+    w.hello(b"a", "alice", "general")
+    replies = [w.ask(b"a", m.Say(room="general", text=str(i))) for i in range(4)]
+    assert [type(r).__name__ for r in replies] == ["Ack", "Ack", "Ack", "Error"]
+    assert replies[3].code == "rate_limited" and replies[3].retry_ms == 500
+    assert w.seqs("general") == [1, 2, 3, 4]  # the refused one published nothing
+    # Joins and pings are not limited.
+    assert isinstance(w.ask(b"a", m.Join(room="dev")), m.Joined)
+    w.now += 0.5
+    assert isinstance(w.ask(b"a", m.Say(room="general", text="later")), m.Ack)
+    assert code(w.ask(b"a", m.Say(room="general", text="too soon"))) == "rate_limited"
+
+
+def test_rate_zero_is_unlimited() -> None:
+    w = World(rate=0, burst=1)
+    w.hello(b"a", "alice", "general")
+    assert all(
+        isinstance(w.ask(b"a", m.Say(room="general", text=str(i))), m.Ack) for i in range(100)
+    )
+
+
+def test_nick_change_publishes_in_every_room() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general", "dev")
+    w.hello(b"b", "bob")
+    assert code(w.ask(b"a", m.Nick(nick="BOB"))) == "nick_taken"
+    assert w.ask(b"a", m.Nick(nick="alicia")) == m.NickReply(old="alice", new="alicia")
+    nick_events = [(e.room, e.old, e.new) for e in w.published if isinstance(e, m.NickEvent)]
+    assert nick_events == [("general", "alice", "alicia"), ("dev", "alice", "alicia")]
+    assert isinstance(w.ask(b"c", m.Hello(nick="alice")), m.Welcome)  # the old nick is free
+    assert w.ask(b"a", m.Nick(nick="ALICIA")).new == "ALICIA"  # a change of case is allowed
+
+
+def test_topic_rooms_and_history() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general")
+    w.hello(b"b", "bob", "dev")
+    assert code(w.ask(b"a", m.Topic(room="dev", topic="x"))) == "not_in_room"
+    ack = w.ask(b"b", m.Topic(room="dev", topic="ship"))
+    assert isinstance(ack, m.Ack) and ack.room == "dev"
+    rooms = w.ask(b"a", m.Rooms())
+    assert [(r.name, r.topic, r.members) for r in rooms.rooms] == [
+        ("dev", "ship", ["bob"]),
+        ("general", "", ["alice"]),
+    ]
+    for i in range(10):
+        w.ask(b"a", m.Say(room="general", text=str(i)))
+    h = w.ask(b"a", m.History(room="general", limit=3))
+    assert [msgspec.json.decode(e)["seq"] for e in h.events] == [9, 10, 11] and h.more
+    h = w.ask(b"a", m.History(room="general", after=9))
+    assert [msgspec.json.decode(e)["seq"] for e in h.events] == [10, 11] and not h.more
+    h = w.ask(b"a", m.History(room="general", before=3))
+    assert [msgspec.json.decode(e)["seq"] for e in h.events] == [1, 2] and not h.more
+
+
+def test_silent_sessions_expire_with_a_timeout_leave() -> None:
+    w = World(timeout_ms=10_000)
+    w.hello(b"a", "alice", "general")
+    w.hello(b"b", "bob", "general")
+    w.now += 6
+    w.ask(b"b", m.Ping())  # bob stays alive, alice is silent
+    w.now += 5
+    replies = w.expire()
+    assert replies == [(b"a", m.Notice(text="you were disconnected for inactivity"))]
+    leave = w.published[-1]
+    assert isinstance(leave, m.LeaveEvent) and (leave.nick, leave.reason) == ("alice", "timeout")
+    assert [u.nick for u in w.ask(b"b", m.Who()).users] == ["bob"]
+    assert code(w.ask(b"a", m.Say(room="general", text="x"))) == "no_session"
+    assert w.core.next_expiry() == pytest.approx(T0 + 6 + 10)
+
+
+def test_bye_and_ping_without_session() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general", "dev")
+    assert w.ask(b"a", m.Bye(id="b")) == m.ByeReply(id="b")
+    leaves = [(e.room, e.reason) for e in w.published if isinstance(e, m.LeaveEvent)]
+    assert leaves == [("general", "quit"), ("dev", "quit")]
+    pong = w.ask(b"a", m.Ping(id="p"))
+    assert pong.seqs == {} and pong.epoch == w.core.epoch and pong.id == "p"
+
+
+def test_who_reports_idle_time() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general")
+    w.now += 3
+    w.hello(b"b", "bob")
+    w.ask(b"a", m.Ping())  # pings keep a session alive but do not make it active
+    users = w.ask(b"b", m.Who(room="general")).users
+    assert users == [m.WhoUser(nick="alice", idle_ms=3000)]
+
+
+def test_offers_and_commands() -> None:
+    w = World()
+    w.hello(b"a", "dice", "general")
+    w.hello(b"b", "human", "general")
+    spec = m.CommandSpec(name="roll", usage="!roll NdM", help="dice")
+    assert w.ask(b"a", m.Offer(commands=[spec])) == m.Offered(count=1)
+    found = w.ask(b"b", m.Commands(room="general"))
+    assert found.commands == [
+        m.CommandInfo(nick="dice", name="roll", usage="!roll NdM", help="dice")
+    ]
+    assert w.ask(b"b", m.Commands(room="dev")).commands == []
+    w.ask(b"a", m.Bye())
+    assert w.ask(b"b", m.Commands()).commands == []
