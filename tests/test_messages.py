@@ -283,3 +283,24 @@ def test_valid_requests_round_trip(nick: str, room: str, text: str) -> None:
             0x80 <= ord(c) <= 0x9F or (ord(c) < 0x20 and c not in "\t\n") or ord(c) == 0x7F
             for c in say.text
         )
+
+
+def test_every_example_in_protocol_md_is_a_real_frame() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(m.__file__).parent / "PROTOCOL.md").read_text()
+    frames = re.findall(r"```json\n(.*?)\n```", doc, re.S)
+    assert len(frames) >= 30
+    for frame in frames:
+        raw = frame.encode()
+        decoders = (decode_request, m.decode_reply, m.decode_event)
+        assert any(_decodes(d, raw) for d in decoders), frame
+
+
+def _decodes(decoder: Any, raw: bytes) -> bool:
+    try:
+        decoder(raw)
+    except ProtocolError:
+        return False
+    return True
