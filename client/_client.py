@@ -223,6 +223,7 @@ class Client:
         self._drained = asyncio.Event()
         self._drained.set()
         self._dealer: zmq.asyncio.Socket | None = None
+        self._dealer_sync: zmq.Socket[bytes] | None = None
         self._sub: zmq.asyncio.Socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[Any] | None = None
@@ -291,6 +292,7 @@ class Client:
                 p.future.set_exception(ZchatError("closed", "the client was closed"))
                 # Whoever waited may be gone (a cancelled ping): don't log it.
                 p.future.exception()
+        self._dealer_sync = None
         for sock in (self._dealer, self._sub):
             if sock is not None:
                 sock.close(linger=0)
@@ -323,6 +325,7 @@ class Client:
         dealer.setsockopt(zmq.IMMEDIATE, 1)
         dealer.connect(self.endpoint)
         self._dealer = dealer
+        self._dealer_sync = zmq.Socket.shadow(dealer.underlying)
         self._reader = asyncio.ensure_future(self._read_dealer(dealer))
 
     def _events_endpoint(self, advertised: str) -> str:
@@ -351,11 +354,14 @@ class Client:
         return f"{self._id_prefix}{self._next_id}"
 
     def _send(self, msg: Any) -> bool:
-        dealer = self._dealer
-        if dealer is None:
+        """Send now or not at all: an asyncio socket would return a future
+        that fails later, so the non-blocking send goes through a plain
+        socket shadowing the same ZeroMQ socket."""
+        sync = self._dealer_sync
+        if sync is None:
             return False
         try:
-            dealer.send(encode(msg), zmq.NOBLOCK)
+            sync.send(encode(msg), zmq.NOBLOCK)
         except zmq.Again:
             return False
         return True

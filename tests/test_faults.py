@@ -1,0 +1,192 @@
+"""Faults: the broker killed, clients frozen, networks stalled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from client import Client, Disconnected, Reconnected
+from messages import LeaveEvent, MsgEvent
+
+from .chaos import run_chaos
+from .helpers import ROOT, Broker, RawClient, run, wait_until
+
+
+def test_broker_killed_under_steady_traffic(broker: Broker) -> None:
+    report = run(run_chaos(broker, seconds=4, kill_every=(1.5, 1.5), down_for=(0.3, 0.3)), 120)
+    assert report.kills >= 2 and report.total_acked > 50
+    print(
+        f"\nkilled {report.kills}x, {report.total_acked} acked, "
+        f"{report.duplicates_suppressed} duplicates suppressed, {report.repaired} repaired"
+    )
+
+
+def test_crash_chaos(broker: Broker) -> None:
+    """After NATS's chaos test: SIGKILL every 1-3 s, back after 0-2 s."""
+    report = run(run_chaos(broker, seconds=15, seed=42), 180)
+    assert report.kills >= 4
+    print(
+        f"\nchaos: {report.kills} kills, {report.total_acked} acked messages, "
+        f"{report.delivered} deliveries, {report.duplicates_suppressed} duplicates "
+        f"suppressed, {report.repaired} repaired, {report.reconnects} reconnects"
+    )
+
+
+def test_frozen_client_times_out_and_comes_back(broker: Broker, zctx: Any) -> None:
+    """SIGSTOP a client past timeout_ms: others see a timeout leave; after
+    SIGCONT it comes back by itself and misses nothing."""
+    watcher = RawClient(zctx, broker.endpoint, broker.events)
+    assert watcher.request({"type": "hello", "nick": "watcher"})["type"] == "welcome"
+    watcher.subscribe(b"#general\x00")
+    watcher.request({"type": "join", "room": "general"})
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    tail = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "tail",
+            "--connect",
+            broker.endpoint,
+            "--nick",
+            "frozen",
+            "--json",
+            "--count",
+            "6",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    events: list[dict[str, Any]] = []
+
+    def seen(pred: Callable[[dict[str, Any]], bool]) -> bool:
+        watcher.request({"type": "ping"})  # the watcher itself stays alive
+        while watcher.sub.poll(0):
+            events.append(json.loads(watcher.sub.recv_multipart()[1]))
+        return any(pred(e) for e in events)
+
+    try:
+        wait_until(
+            lambda: seen(lambda e: e.get("nick") == "frozen" and e["type"] == "join"),
+            30,
+            "the join",
+        )
+        tail.send_signal(signal.SIGSTOP)
+        wait_until(
+            lambda: seen(lambda e: e["type"] == "leave" and e["nick"] == "frozen"), 30, "the leave"
+        )
+        leave = next(e for e in events if e["type"] == "leave")
+        assert leave["reason"] == "timeout"
+        watcher.request({"type": "say", "room": "general", "text": "while you slept"})
+        tail.send_signal(signal.SIGCONT)
+        wait_until(
+            lambda: seen(lambda e: e["type"] == "join" and e["seq"] > leave["seq"]),
+            30,
+            "the rejoin",
+        )
+        watcher.request({"type": "say", "room": "general", "text": "welcome back"})
+        out, err = tail.communicate(timeout=60)
+    finally:
+        if tail.poll() is None:
+            tail.send_signal(signal.SIGCONT)
+            tail.kill()
+            tail.communicate()
+    assert tail.returncode == 0, err
+    got = [json.loads(line) for line in out.splitlines()]
+    texts = [e.get("text") for e in got if e["type"] == "msg"]
+    assert texts[:1] == ["while you slept"]
+    seqs = [e["seq"] for e in got]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing missed, nothing twice
+    watcher.close()
+
+
+class PausableProxy:
+    """A TCP proxy in front of the broker's ROUTER that can stop moving bytes."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit("/", 1)[1].rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = False
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.socks += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.flowing.set()
+        self.listener.close()
+        for s in self.socks:
+            s.close()
+
+
+def test_stalled_network_path_recovers(broker: Broker) -> None:
+    proxy = PausableProxy(broker.endpoint)
+
+    async def body() -> None:
+        async with (
+            Client(proxy.endpoint, "faraway") as far,
+            Client(broker.endpoint, "near") as near,
+        ):
+            await far.say("general", "before")
+            proxy.flowing.clear()
+            # Sent into the stall: kept, and resent once the path is back.
+            pending = asyncio.ensure_future(far.say("general", "during"))
+            while True:
+                item = await far.next_item(30)
+                if isinstance(item, Disconnected):
+                    break
+            proxy.flowing.set()
+            await asyncio.wait_for(pending, 60)
+            while not isinstance(await far.next_item(30), Reconnected):
+                pass
+            await far.say("general", "after")
+            texts: list[str] = []
+            while "after" not in texts:
+                item = await near.next_item(30)
+                if isinstance(item, MsgEvent):
+                    texts.append(item.text)
+            assert texts == ["before", "during", "after"]
+            leaves = [e for e in (await near.history("general"))[0] if isinstance(e, LeaveEvent)]
+            assert all(e.nick == "faraway" for e in leaves)
+
+    try:
+        run(body(), 120)
+    finally:
+        proxy.close()
