@@ -223,7 +223,8 @@ class Client:
         self._drained = asyncio.Event()
         self._drained.set()
         self._dealer: zmq.asyncio.Socket | None = None
-        self._dealer_sync: zmq.Socket[bytes] | None = None
+        self._backlog = False
+        self._flusher: asyncio.Task[Any] | None = None
         self._sub: zmq.asyncio.Socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[Any] | None = None
@@ -292,7 +293,6 @@ class Client:
                 p.future.set_exception(ZchatError("closed", "the client was closed"))
                 # Whoever waited may be gone (a cancelled ping): don't log it.
                 p.future.exception()
-        self._dealer_sync = None
         for sock in (self._dealer, self._sub):
             if sock is not None:
                 sock.close(linger=0)
@@ -323,9 +323,9 @@ class Client:
         # Queue nothing on a connection that is not up: what was not sent
         # stays pending here and is sent again after the hello.
         dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.SNDHWM, 10_000)
         dealer.connect(self.endpoint)
         self._dealer = dealer
-        self._dealer_sync = zmq.Socket.shadow(dealer.underlying)
         self._reader = asyncio.ensure_future(self._read_dealer(dealer))
 
     def _events_endpoint(self, advertised: str) -> str:
@@ -354,17 +354,50 @@ class Client:
         return f"{self._id_prefix}{self._next_id}"
 
     def _send(self, msg: Any) -> bool:
-        """Send now or not at all: an asyncio socket would return a future
-        that fails later, so the non-blocking send goes through a plain
-        socket shadowing the same ZeroMQ socket."""
-        sync = self._dealer_sync
-        if sync is None:
+        """Send now or not at all. A non-blocking send on an asyncio socket
+        settles its future at once; reading it here also keeps a refused
+        send from being logged as a forgotten exception."""
+        dealer = self._dealer
+        if dealer is None:
             return False
-        try:
-            sync.send(encode(msg), zmq.NOBLOCK)
-        except zmq.Again:
+        fut = dealer.send(encode(msg), zmq.NOBLOCK)
+        if not fut.done():
+            return True
+        err = fut.exception()
+        if err is None:
+            return True
+        if isinstance(err, zmq.Again):
             return False
-        return True
+        raise err
+
+    def _start_flusher(self) -> None:
+        """Send what could not be sent (a full queue), in order, as soon as
+        the socket takes it; later requests queue behind it meanwhile."""
+        self._backlog = True
+        if self._flusher is None or self._flusher.done():
+            self._flusher = self._spawn(self._flush_unsent())
+
+    async def _flush_unsent(self) -> None:
+        while not self.closed:
+            if self.connected and self._recovering is None:
+                for p in list(self._pending.values()):
+                    if p.sent or p.future.done():
+                        continue
+                    if not self._send(p.msg):
+                        break
+                    p.sent = True
+                else:
+                    self._backlog = False
+                    return
+            dealer = self._dealer
+            try:
+                if dealer is not None:
+                    # Bounded, so a socket replaced by a reconnect is noticed.
+                    await dealer.poll(100, zmq.POLLOUT)
+                else:
+                    await asyncio.sleep(0.1)
+            except zmq.ZMQError:
+                await asyncio.sleep(0.01)
 
     async def _call(self, msg: Any) -> Any:
         """Send now, outside the user's requests: hello, rejoin, repair, ping.
@@ -377,6 +410,8 @@ class Client:
         pending = self._pending[msg.id] = _Pending(msg, fut)
         try:
             pending.sent = self._send(msg)
+            if not pending.sent:
+                self._start_flusher()
             return await fut
         finally:
             self._pending.pop(msg.id, None)
@@ -399,7 +434,10 @@ class Client:
             fut: asyncio.Future[Any] = loop.create_future()
             pending = self._pending[rid] = _Pending(msg, fut)
             if self.connected and self._recovering is None:
-                pending.sent = self._send(msg)
+                if not self._backlog:
+                    pending.sent = self._send(msg)
+                if not pending.sent:
+                    self._start_flusher()
             try:
                 reply = await fut
             finally:
@@ -751,9 +789,9 @@ class Client:
         restarted = self.epoch != old_epoch
         # Whatever was sent before and not answered goes again, in order:
         # the broker answers a repeated say or pm with its first ack.
-        for p in list(self._pending.values()):
-            if not p.future.done():
-                p.sent = self._send(p.msg)
+        for p in self._pending.values():
+            p.sent = False
+        self._start_flusher()
         recovered = 0
         for st, joined in joins:
             before = st.last
