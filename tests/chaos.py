@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +33,15 @@ class Report:
         return sum(len(v) for v in self.acked.values())
 
 
-async def _sender(c: Client, name: str, stop: asyncio.Event, acked: list[int], limit: int) -> None:
+async def _sender(
+    c: Client, name: str, stop: asyncio.Event, acked: list[int], limit: int, pace: float
+) -> None:
     i = 0
+    start = time.monotonic()
     while not stop.is_set() and i < limit:
+        if pace:
+            # Offered load: message i leaves no earlier than i / pace seconds in.
+            await asyncio.sleep(max(0.0, start + i / pace - time.monotonic()))
         # The payload is the number; each sender's numbers must arrive in order.
         await c.say("general", f"{name}:{i}")
         acked.append(i)
@@ -72,6 +79,7 @@ async def run_chaos(
     kill_every: tuple[float, float] = (1.0, 3.0),
     down_for: tuple[float, float] = (0.0, 2.0),
     seed: int = 1,
+    pace: float = 0.0,
 ) -> Report:
     """Send numbered messages while the broker is killed and restarted;
     check that every subscriber got every acknowledged message exactly once,
@@ -101,7 +109,7 @@ async def run_chaos(
         report.acked[f"send{i}"] = []
         tasks.append(
             asyncio.ensure_future(
-                _sender(c, f"send{i}", stop, report.acked[f"send{i}"], per_sender)
+                _sender(c, f"send{i}", stop, report.acked[f"send{i}"], per_sender, pace)
             )
         )
     chaos = asyncio.ensure_future(
