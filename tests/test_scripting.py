@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +161,22 @@ def test_tail_json_history_and_count(broker: Broker) -> None:
     }
 
 
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left() -> Iterator[None]:
+    """A failing test must not leave its tail running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 def _start_tail(broker: Broker, count: int, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -181,6 +195,8 @@ def _start_tail(broker: Broker, count: int, *extra: str) -> subprocess.Popen[byt
         stderr=subprocess.PIPE,
         env=ENV,
     )
+    _started.append(proc)
+    return proc
 
 
 def _wait_joined(broker: Broker, nick: str) -> None:

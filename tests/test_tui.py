@@ -183,12 +183,17 @@ def test_plain_line_mode_when_not_a_terminal(broker: Broker, tmp_path: Path, zct
         env=env,
         text=True,
     )
-    assert proc.stdin is not None
-    proc.stdin.write("from a pipe\n/quit\n")
-    proc.stdin.flush()
-    ev = next_event(bob, lambda e: e["type"] == "msg")
-    assert (ev["from"], ev["text"]) == ("pipe", "from a pipe")
-    out, _ = proc.communicate(timeout=30)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("from a pipe\n/quit\n")
+        proc.stdin.flush()
+        ev = next_event(bob, lambda e: e["type"] == "msg")
+        assert (ev["from"], ev["text"]) == ("pipe", "from a pipe")
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0
     assert "\x1b[" not in out and "connected to" in out
     bob.close()
