@@ -577,9 +577,9 @@ def _error(err: ProtocolError, rid: str | None) -> Error:
     )
 
 
-def error_reply(err: ProtocolError) -> Error:
-    """The ``error`` reply for a request that did not even decode."""
-    return _error(err, None)
+def error_reply(err: ProtocolError, rid: str | None = None) -> Error:
+    """The ``error`` reply for a request the core did not handle."""
+    return _error(err, rid)
 
 
 def _epoch_of(ts: str) -> float:

@@ -189,7 +189,7 @@ class Server:
                         except ProtocolError as err:
                             out.replies.append((ident, error_reply(err)))
                             continue
-                        core.handle(ident, req, now, out)
+                        self._handle(ident, req, now, out, None)
                 if wake_r.fileno() in ready:
                     self._drain_wakeups(wake_r)
                 core.expire(now, out)
@@ -207,11 +207,22 @@ class Server:
         log.info("stopped")
         return 0
 
+    def _handle(
+        self, ident: bytes, req: Any, now: float, out: Outbox, peer_key: str | None
+    ) -> None:
+        try:
+            self.core.handle(ident, req, now, out, peer_key=peer_key)
+        except Exception:
+            # A bug must cost one request, not the broker and every session.
+            log.exception("internal error on %s", type(req).__name__)
+            err = ProtocolError(Code.BAD_REQUEST, "internal error; the request was not handled")
+            out.replies.append((ident, error_reply(err, getattr(req, "id", None))))
+
     def _read_curve(self, out: Outbox, now: float) -> None:
         """The batch read with CURVE on: frames are kept as zmq.Frame to read
         the sender's key from the connection (``User-Id``), never from the
         message."""
-        router, core = self.router, self.core
+        router = self.router
         for _ in range(BATCH):
             try:
                 frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -229,7 +240,7 @@ class Server:
             except ProtocolError as err:
                 out.replies.append((ident, error_reply(err)))
                 continue
-            core.handle(ident, req, now, out, peer_key=frames[1].get("User-Id"))
+            self._handle(ident, req, now, out, frames[1].get("User-Id"))
 
     def _flush(self, out: Outbox) -> None:
         self.store.commit()
