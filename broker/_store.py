@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -94,6 +95,17 @@ class Store:
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            # Checkpoints copy the WAL into the database file, taking
+            # milliseconds; in the loop they would land on the messages in
+            # flight (p99 latency 5 ms instead of 1). A thread of its own,
+            # on its own connection, does them instead (sqlite3 releases
+            # the GIL while it works).
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._stop = threading.Event()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="wal-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
         if row is None:
@@ -143,7 +155,18 @@ class Store:
             self._db.execute("COMMIT")
             self._in_tx = False
 
+    def _checkpoint_loop(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop.wait(1.0):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
+
     def close(self) -> None:
+        if self.path != ":memory:":
+            self._stop.set()
+            self._checkpointer.join()
         self.commit()
         if self.path != ":memory:":
             # Fold the WAL back into the main file so a clean shutdown
