@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import queue
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+from rich.console import Console
 
 from messages import (
     DEFAULT_ROOM,
@@ -25,12 +28,12 @@ from messages import (
     NickEvent,
     TopicEvent,
     encode,
-    parse_ts,
 )
 
 from ._cli import add_common
 from ._client import Client, Disconnected, Reconnected
 from ._programs import default_nick, make_client, run_program
+from ._render import event_line
 
 PROG = "zchat tail"
 ROOM_EVENTS = (MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent)
@@ -65,21 +68,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def human(ev: Any, *, multi_room: bool) -> str:
-    """One event as a plain line: ``[HH:MM:SS] #room <nick> text``."""
-    when = parse_ts(ev.ts).astimezone().strftime("%H:%M:%S")
-    where = f"#{ev.room} " if multi_room else ""
-    if isinstance(ev, MsgEvent):
-        body = f"* {ev.from_} {ev.text}" if ev.action else f"<{ev.from_}> {ev.text}"
-    elif isinstance(ev, JoinEvent):
-        body = f"--> {ev.nick} joined"
-    elif isinstance(ev, LeaveEvent):
-        body = f"<-- {ev.nick} left ({ev.reason})"
-    elif isinstance(ev, NickEvent):
-        body = f"--- {ev.old} is now {ev.new}"
-    else:
-        body = f"--- {ev.nick} set the topic: {ev.topic}"
-    return f"[{when}] {where}{body}"
+class _Lines:
+    """Events as the terminal client shows them: colored on a terminal
+    (unless NO_COLOR), plain in a pipe."""
+
+    def __init__(self, me: str, room: str | None) -> None:
+        self.me, self.room = me, room
+        self.buf = io.StringIO()
+        self.console = Console(
+            file=self.buf, force_terminal=sys.stdout.isatty(), width=10_000, highlight=False
+        )
+
+    def __call__(self, ev: Any) -> bytes:
+        self.console.print(event_line(ev, me=self.me, current=self.room), soft_wrap=True)
+        text = self.buf.getvalue()
+        self.buf.seek(0)
+        self.buf.truncate()
+        return text.encode()
 
 
 class _Writer:
@@ -131,12 +136,13 @@ def main(argv: Sequence[str]) -> int:
 
 
 async def _follow(client: Client, rooms: list[str], args: Any, writer: _Writer) -> int:
-    multi = len(rooms) > 1
+    if args.json:
 
-    def line(ev: Any) -> bytes:
-        if args.json:
+        def line(ev: Any) -> bytes:
             return encode(ev) + b"\n"
-        return (human(ev, multi_room=multi) + "\n").encode()
+
+    else:
+        line = _Lines(client.nick, rooms[0] if len(rooms) == 1 else None)
 
     printed = 0
     for room in rooms:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -369,3 +370,13 @@ def test_offer_is_validated(raw: Callable[[], Any]) -> None:
         "commands": [{"nick": "b", "name": "a", "usage": "", "help": "x"}],
     }
     wait_until(lambda: True)
+
+
+def test_tail_human_lines_are_plain_in_a_pipe(broker: Broker) -> None:
+    zchat("send", "--connect", broker.endpoint, "--nick", "w", "--room", "general", "[b]hi[/b]")
+    r = zchat("tail", "--connect", broker.endpoint, "--nick", "t", "--history", "2", "--count", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <w> \[b\]hi\[/b\]", lines[0]), lines
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <-- w left #general \(quit\)", lines[1]), lines
+    assert "\x1b[" not in r.stdout
