@@ -361,7 +361,7 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
 
         proxy = once("proxy", n=n)
         broker = once("zchat", n=n)
-        curve = once("curve", n=n // 2)
+        curve = once("curve", n=n)
         complete = all(r["complete"] for r in (proxy, broker, curve))
         rows += [
             (
@@ -382,7 +382,8 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
             (
                 "every message delivered",
                 "yes" if complete else "NO",
-                f"{broker['got']}/{broker['want']} zchat, acks {broker['acks']}/{n}",
+                f"zchat {broker['got']}/{broker['want']} (acks {broker['acks']}), CURVE "
+                f"{curve['got']}/{curve['want']}, proxy {proxy['got']}/{proxy['want']}",
             ),
         ]
         for subs in (1, 10, 100):
