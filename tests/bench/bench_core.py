@@ -113,7 +113,9 @@ def _generator(
                     acks += b'"id"' in dd.recv()
     result.put(acks)
     for d in dealers:
-        d.close(0)
+        # The proxy acknowledges nothing: frames may still be queued here,
+        # and closing with linger 0 would throw them away.
+        d.close(linger=30_000)
     ctx.term()
 
 
