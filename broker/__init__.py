@@ -5,7 +5,7 @@ Run it with ``zchat-broker`` (or ``python -m broker``).
 
 from ._core import VERSION, Config, Core, Outbox, Session, error_reply
 from ._server import Options, Server, is_loopback
-from ._store import Store, StoredEvent
+from ._store import Store
 
 __all__ = [
     "VERSION",
@@ -16,7 +16,6 @@ __all__ = [
     "Server",
     "Session",
     "Store",
-    "StoredEvent",
     "error_reply",
     "is_loopback",
 ]

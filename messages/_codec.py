@@ -22,6 +22,9 @@ from ._types import Event, Reply, Request
 
 NOTICE_TOPIC = b"*\x00"
 
+# What msgspec decodes from: bytes or any buffer (typing.Buffer is 3.12+).
+Buffer = Any
+
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)
 _reply_decoder = msgspec.json.Decoder(Reply)
@@ -48,7 +51,7 @@ def topic_room(topic: bytes) -> str | None:
     return topic[1:-1].decode("utf-8", "replace")
 
 
-def _peek_id(frame: bytes) -> str | None:
+def _peek_id(frame: Buffer) -> str | None:
     """The ``id`` of a frame that failed to decode, if one can be read."""
     try:
         obj = _any_decoder.decode(frame)
@@ -76,11 +79,12 @@ def _describe(err: Exception) -> tuple[Code, str]:
     return Code.BAD_REQUEST, f"frame is not valid JSON ({text})"
 
 
-def decode_request(frame: bytes, *, max_text: int = TEXT_MAX) -> Request:
+def decode_request(frame: Buffer, *, max_text: int = TEXT_MAX) -> Request:
     """Decode and validate one request frame.
 
     Args:
-        frame: the frame's bytes.
+        frame: the frame's bytes, or any object exposing them through the
+            buffer protocol (a ``zmq.Frame``: no copy is made).
         max_text: the broker's text limit, for ``say``, ``pm`` and ``topic``.
 
     Returns:

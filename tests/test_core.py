@@ -31,8 +31,11 @@ class World:
 
     def _flush(self, out: Outbox) -> list[tuple[bytes, Any]]:
         self.store.commit()
-        self.published += [m.decode_event(e.body) for e in out.events]
-        return list(out.replies)
+        for topic, body in out.events:
+            ev = m.decode_event(body)
+            assert topic == m.room_topic(ev.room)
+            self.published.append(ev)
+        return [(to, m.decode_reply(frame)) for to, frame in out.replies]
 
     def ask(self, ident: bytes, req: Any) -> Any:
         """The one reply to ``ident``."""
