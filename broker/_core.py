@@ -189,6 +189,7 @@ class Core:
         self.recent: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
         self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
         self._next_gc = 0.0  # when to next drop expired pm ids from the store
+        self._limited = config.rate > 0
         self._welcome_tail = dict(
             server=ServerInfo(
                 name=config.name, version=VERSION, epoch=self.epoch, store=store.store_id
@@ -242,28 +243,36 @@ class Core:
         with, taken by the shell from the frame, never from the message.
         """
         session = self.sessions.get(ident)
+        if session is None:
+            self._sessionless(ident, req, now, out, peer_key)
+            return
+        session.last_seen = now
+        self.sessions.move_to_end(ident)
+        kind = type(req)
         try:
-            if session is None:
-                if isinstance(req, Hello):
-                    self._hello(ident, req, now, out, peer_key)
-                elif isinstance(req, Ping):
-                    out.reply(ident, Pong(id=req.id, epoch=self.epoch, ts=format_ts(now), seqs={}))
-                else:
-                    raise ProtocolError(
-                        Code.NO_SESSION, "say hello first: this connection has no session"
-                    )
-                return
-            session.last_seen = now
-            self.sessions.move_to_end(ident)
-            if not isinstance(req, Ping):
+            if kind is not Ping:
                 session.last_active = now
-            handler = _HANDLERS[type(req)]
-            if req.rate_limited and self.config.rate > 0:
-                if req.id is not None and (session.key, req.id) in self.recent:
-                    pass  # a resend is answered from memory, whatever the bucket says
-                else:
-                    self._spend(session, now)
-            handler(self, session, req, now, out)
+                if req.rate_limited and self._limited:
+                    rid = req.id
+                    # A resend is answered from memory, whatever the bucket says.
+                    if rid is None or (session.key, rid) not in self.recent:
+                        self._spend(session, now)
+            _HANDLERS[kind](self, session, req, now, out)
+        except ProtocolError as err:
+            out.reply(ident, _error(err, req.id))
+
+    def _sessionless(
+        self, ident: bytes, req: Request, now: float, out: Outbox, peer_key: str | None
+    ) -> None:
+        try:
+            if isinstance(req, Hello):
+                self._hello(ident, req, now, out, peer_key)
+            elif isinstance(req, Ping):
+                out.reply(ident, Pong(id=req.id, epoch=self.epoch, ts=format_ts(now), seqs={}))
+            else:
+                raise ProtocolError(
+                    Code.NO_SESSION, "say hello first: this connection has no session"
+                )
         except ProtocolError as err:
             out.reply(ident, _error(err, req.id))
 
