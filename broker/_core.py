@@ -14,9 +14,10 @@ insensitively. Sessions are kept in order of last activity, so expiring the
 silent ones (:meth:`Core.expire`) looks only at the oldest.
 
 Repeated ``say`` and ``pm`` requests (same nick, same ``id``, within ten
-minutes) are answered with the first ``ack`` and change nothing. The map of
-recent ids is rebuilt from the store when the broker starts, so a client
-resending after a crash never duplicates a message.
+minutes) are answered with the first ``ack`` and change nothing (see
+``_recent.py``). The map of recent ids is rebuilt from the store when the
+broker starts, so a client resending after a crash never duplicates a
+message.
 """
 
 from __future__ import annotations
@@ -83,9 +84,9 @@ from messages import (
     room_topic,
 )
 
+from ._recent import DEDUP_S, Recent, dedup_key
 from ._store import Store
 
-DEDUP_S = 600.0
 VERSION = "0.1.0"
 
 
@@ -106,6 +107,7 @@ class Config:
 
 class Session:
     __slots__ = (
+        "dedup",
         "ident",
         "key",
         "last_active",
@@ -121,8 +123,7 @@ class Session:
 
     def __init__(self, ident: bytes, nick: str, now: float, burst: int, peer_key: str | None):
         self.ident = ident
-        self.nick = nick
-        self.key = nick_key(nick)
+        self.rename(nick)
         self.token = secrets.token_urlsafe(18)
         self.rooms: dict[str, None] = {}  # an ordered set: join order
         self.last_seen = now
@@ -131,6 +132,12 @@ class Session:
         self.refilled = now
         self.peer_key = peer_key
         self.offer: list[Any] = []
+
+    def rename(self, nick: str) -> None:
+        self.nick = nick
+        self.key = nick_key(nick)
+        # A request id appended to this is the request's key in Core.recent.
+        self.dedup = dedup_key(self.key, "")
 
 
 class Room:
@@ -184,9 +191,7 @@ class Core:
         self.rooms: dict[str, Room] = {
             name: Room(name, st.last_seq, st.topic) for name, st in store.rooms().items()
         }
-        # (nick key, request id) -> (first ack frame, when): insertion order
-        # is time order.
-        self.recent: OrderedDict[tuple[str, str], tuple[bytes, float]] = OrderedDict()
+        self.recent = Recent()
         self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
         self._next_gc = 0.0  # when to next drop expired pm ids from the store
         self._limited = config.rate > 0
@@ -210,20 +215,20 @@ class Core:
     def load_recent(self, now: float) -> int:
         """Rebuild the dedup map from the store; returns how many ids."""
         since = now - DEDUP_S
-        found: list[tuple[float, tuple[str, str], bytes]] = []
+        found: list[tuple[float, str, bytes]] = []
         for body in self.store.recent_events(since):
             ev = decode_event(body)
             if isinstance(ev, MsgEvent) and ev.id is not None:
                 ack = Ack(id=ev.id, room=ev.room, seq=ev.seq, ts=ev.ts)
-                found.append((_epoch_of(ev.ts), (nick_key(ev.from_), ev.id), encode(ack)))
+                found.append((_epoch_of(ev.ts), dedup_key(nick_key(ev.from_), ev.id), encode(ack)))
         for sender, req_id, frame in self.store.recent_pm_acks(since):
             reply = decode_reply(frame)
             assert isinstance(reply, Ack)
-            found.append((_epoch_of(reply.ts), (sender, req_id), frame))
+            found.append((_epoch_of(reply.ts), dedup_key(sender, req_id), frame))
         found.sort(key=lambda f: f[0])
         for at, key, frame in found:
-            if at >= since:
-                self.recent[key] = (frame, at)
+            if at >= since and key not in self.recent:
+                self.recent.add(key, frame, at)
         return len(self.recent)
 
     # --------------------------------------------------------- requests
@@ -255,7 +260,7 @@ class Core:
                 if req.rate_limited and self._limited:
                     rid = req.id
                     # A resend is answered from memory, whatever the bucket says.
-                    if rid is None or (session.key, rid) not in self.recent:
+                    if rid is None or session.dedup + rid not in self.recent:
                         self._spend(session, now)
             _HANDLERS[kind](self, session, req, now, out)
         except ProtocolError as err:
@@ -392,9 +397,10 @@ class Core:
         # helpers is written out here (each call costs about 5% of a say).
         rid = req.id
         if rid is not None:
-            first = self.recent.get((s.key, rid))
+            key = s.dedup + rid
+            first = self.recent.acks.get(key)
             if first is not None:
-                out.replies.append((s.ident, first[0]))
+                out.replies.append((s.ident, first))
                 return
         name = req.room
         if name not in s.rooms:
@@ -417,16 +423,16 @@ class Core:
         out.events.append((room.pub_topic, body))
         ack = encode(Ack(id=rid, room=name, seq=seq, ts=ts))
         if rid is not None:
-            self.recent[(s.key, rid)] = (ack, now)
+            self.recent.add(key, ack, now)
         out.replies.append((s.ident, ack))
 
     def _repeat(self, s: Session, rid: str | None, out: Outbox) -> bool:
         if rid is None:
             return False
-        first = self.recent.get((s.key, rid))
+        first = self.recent.acks.get(s.dedup + rid)
         if first is None:
             return False
-        out.replies.append((s.ident, first[0]))
+        out.replies.append((s.ident, first))
         return True
 
     def _pm(self, s: Session, req: Pm, now: float, out: Outbox) -> None:
@@ -439,7 +445,7 @@ class Core:
         out.reply(target.ident, PmPush(from_=s.nick, to=target.nick, text=req.text, ts=ts))
         ack = encode(Ack(id=req.id, to=target.nick, ts=ts))
         if req.id is not None:
-            self.recent[(s.key, req.id)] = (ack, now)
+            self.recent.add(s.dedup + req.id, ack, now)
             self.store.add_pm_id(s.key, req.id, now, ack)
         out.replies.append((s.ident, ack))
 
@@ -485,7 +491,7 @@ class Core:
         old = s.nick
         if req.nick != old:
             del self.nicks[s.key]
-            s.nick, s.key = req.nick, new_key
+            s.rename(req.nick)
             self.nicks[new_key] = s
             if self.config.curve and s.peer_key is not None and new_key not in self.nick_owners:
                 self.nick_owners[new_key] = s.peer_key
@@ -560,11 +566,7 @@ class Core:
             out.reply(s.ident, Notice(text="you were disconnected for inactivity"))
             self._end(s, "timeout", now, out)
             n += 1
-        while self.recent:
-            key, (_, at) = next(iter(self.recent.items()))
-            if at > now - DEDUP_S:
-                break
-            del self.recent[key]
+        self.recent.expire(now)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             self.store.forget_pm_ids(now - DEDUP_S)

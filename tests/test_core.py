@@ -283,3 +283,24 @@ def test_offers_and_commands() -> None:
     assert w.ask(b"b", m.Commands(room="dev")).commands == []
     w.ask(b"a", m.Bye())
     assert w.ask(b"b", m.Commands()).commands == []
+
+
+def test_recent_acks_expire_by_group_and_never_early() -> None:
+    from broker._recent import DEDUP_S, Recent, dedup_key
+
+    r = Recent()
+    r.add(dedup_key("alice", "1"), b"a1", T0)
+    r.add(dedup_key("alice", "2"), b"a2", T0)  # same batch, same group
+    r.add(dedup_key("bob", "1"), b"b1", T0 + 5)
+    r.add(dedup_key("bob", "2"), b"b2", T0 + 1)  # the clock stepped back
+    r.expire(T0 + DEDUP_S - 0.001)
+    assert len(r) == 4
+    r.expire(T0 + DEDUP_S)
+    assert sorted(r.acks.values()) == [b"b1", b"b2"]
+    # bob/2 waits for the group before it: remembered too long, not too short.
+    r.expire(T0 + 1 + DEDUP_S)
+    assert len(r) == 2
+    r.expire(T0 + 5 + DEDUP_S)
+    assert len(r) == 0 and dedup_key("alice", "1") not in r
+    # A nick cannot hold a NUL, so "al" + "\0ice..." never meets "alice".
+    assert dedup_key("al", "ice") != dedup_key("alice", "")
