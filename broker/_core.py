@@ -195,6 +195,7 @@ class Core:
         self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
         self._next_gc = 0.0  # when to next drop expired pm ids from the store
         self._limited = config.rate > 0
+        self._ts_now, self._ts = math.nan, ""
         self._welcome_tail = dict(
             server=ServerInfo(
                 name=config.name, version=VERSION, epoch=self.epoch, store=store.store_id
@@ -407,7 +408,10 @@ class Core:
             raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{name}; join it first")
         room = self.rooms[name]
         room.seq = seq = room.seq + 1
-        ts = format_ts(now)
+        # A batch shares one clock reading: format it once.
+        if now is not self._ts_now:
+            self._ts_now, self._ts = now, format_ts(now)
+        ts = self._ts
         body = encode(
             MsgEvent(
                 room=name,
