@@ -158,3 +158,60 @@ def test_garbage_on_both_ports(raw: Callable[[], RawClient], broker: Broker) -> 
             break
     for s in open_socks:
         s.close()
+
+
+def test_a_bug_in_the_core_costs_one_request_not_the_broker(tmp_path: Any) -> None:
+    """The loop's safety net, in process: a handler that raises gets its
+    request an ``error`` with the request's id, and the next request on the
+    same connection is served as usual."""
+    import os
+    import signal
+    import threading
+
+    import zmq
+
+    from broker import Options, Server
+    from messages import Say
+
+    server = Server(
+        Options(bind="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", store=":memory:")
+    )
+    real = server.core.handle
+
+    def buggy(ident: bytes, req: Any, now: float, out: Any, **kw: Any) -> None:
+        if isinstance(req, Say) and req.text == "boom":
+            raise KeyError("a bug")
+        real(ident, req, now, out, **kw)
+
+    server.core.handle = buggy  # type: ignore[method-assign]
+    replies: list[dict[str, Any]] = []
+    failure: list[BaseException] = []
+
+    def client() -> None:
+        ctx = zmq.Context()
+        try:
+            c = RawClient(ctx, server.bind_endpoint)
+            replies.append(c.request({"type": "hello", "nick": "alice"}))
+            replies.append(c.request({"type": "join", "room": "general"}))
+            replies.append(c.request({"type": "say", "room": "general", "text": "boom", "id": "b"}))
+            replies.append(c.request({"type": "say", "room": "general", "text": "fine", "id": "f"}))
+            c.close()
+        except BaseException as err:  # reported by the test, not lost in the thread
+            failure.append(err)
+        finally:
+            ctx.term()
+            if not stopped.is_set():  # the loop runs until a signal
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = threading.Event()
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    try:
+        assert server.run() == 0
+    finally:
+        stopped.set()
+    t.join(10)
+    assert not failure, failure
+    assert [r["type"] for r in replies] == ["welcome", "joined", "error", "ack"]
+    assert replies[2]["id"] == "b" and "internal error" in replies[2]["message"]
+    assert replies[3]["id"] == "f" and replies[3]["seq"] == 2
