@@ -12,6 +12,7 @@ Frame layouts:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -32,9 +33,10 @@ _event_decoder = msgspec.json.Decoder(Event)
 _any_decoder = msgspec.json.Decoder()
 
 
-def encode(msg: msgspec.Struct) -> bytes:
-    """One message as the JSON bytes of its frame."""
-    return _encoder.encode(msg)
+# One message as the JSON bytes of its frame. The encoder's own method, not
+# a function around it: the broker encodes two messages per say, and a
+# Python call around each cost 5% of its time.
+encode: Callable[[msgspec.Struct], bytes] = _encoder.encode
 
 
 def room_topic(room: str) -> bytes:

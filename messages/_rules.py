@@ -51,21 +51,21 @@ def check_nick(nick: str) -> str:
     return nick
 
 
-_good_rooms: set[str] = set()
+# Room names already found valid (up to 10,000 of them): most requests name
+# a room the broker has seen, and a set lookup is cheaper than the regex.
+GOOD_ROOMS: set[str] = set()
 
 
 def check_room(room: str) -> str:
-    if room in _good_rooms:
-        return room
-    if is_room(room):
-        if len(_good_rooms) < 10_000:
-            _good_rooms.add(room)
+    if room in GOOD_ROOMS:
         return room
     if not is_room(room):
         raise ProtocolError(
             Code.ROOM_INVALID,
             f"room {room[:40]!r} is not valid: 1 to {ROOM_MAX} characters of a-z 0-9 _ -",
         )
+    if len(GOOD_ROOMS) < 10_000:
+        GOOD_ROOMS.add(room)
     return room
 
 
