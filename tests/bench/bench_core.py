@@ -373,20 +373,35 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
             finally:
                 target.close()
 
-        proxy = once("proxy", n=n)
-        broker = once("zchat", n=n)
+        # Ingest is measured three times, proxy and zchat in turn, and the
+        # best run of each is compared: on a shared two-core machine another
+        # tenant only ever slows a run down, so the best is the least
+        # disturbed. The spread is shown beside it.
+        tries = 1 if quick else 3
+        proxies, brokers = [], []
+        for _ in range(tries):
+            proxies.append(once("proxy", n=n))
+            brokers.append(once("zchat", n=n))
+        proxy = max(proxies, key=lambda r: r["rate"])
+        broker = max(brokers, key=lambda r: r["rate"])
         curve = once("curve", n=n)
-        complete = all(r["complete"] for r in (proxy, broker, curve))
+        complete = all(r["complete"] for r in (*proxies, *brokers, curve))
+
+        def spread(runs: list[dict[str, Any]]) -> str:
+            rates = sorted(r["rate"] / 1000 for r in runs)
+            return f"best of {len(runs)}: {', '.join(f'{r:,.0f}k' for r in rates)}"
+
         rows += [
             (
                 "ingest, zmq.proxy (baseline)",
                 f"{proxy['rate']:,.0f}/s",
-                "ROUTER->PUB in C, same frames",
+                f"ROUTER->PUB in C, same frames; {spread(proxies)}",
             ),
             (
                 "ingest, zchat",
                 f"{broker['rate']:,.0f}/s",
-                f"{broker['rate'] / proxy['rate']:.2f} of the proxy; each persisted, published, acked",
+                f"{broker['rate'] / proxy['rate']:.2f} of the proxy; each persisted, published, "
+                f"acked; {spread(brokers)}",
             ),
             (
                 "ingest, zchat with CURVE",
@@ -396,8 +411,10 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
             (
                 "every message delivered",
                 "yes" if complete else "NO",
-                f"zchat {broker['got']}/{broker['want']} (acks {broker['acks']}), CURVE "
-                f"{curve['got']}/{curve['want']}, proxy {proxy['got']}/{proxy['want']}",
+                f"zchat {sum(r['got'] for r in brokers)}/{sum(r['want'] for r in brokers)} "
+                f"(acks {sum(r['acks'] for r in brokers)}), CURVE "
+                f"{curve['got']}/{curve['want']}, "
+                f"proxy {sum(r['got'] for r in proxies)}/{sum(r['want'] for r in proxies)}",
             ),
         ]
         for subs in (1, 10, 100):
