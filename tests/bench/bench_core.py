@@ -150,16 +150,16 @@ class Target:
             self.pid = self.proc.pid
         else:
             args = ["--rate", "0", "--pub-hwm", "0", "-q", *extra]
+            workdir = tmp / f"broker-{kind}-{time.monotonic_ns()}"
+            workdir.mkdir()
             if kind == "curve":
                 from broker._keys import keygen
 
-                public, secret = keygen(tmp / "keys")
+                public, secret = keygen(workdir / "keys")
                 args += ["--curve-secret", str(secret)]
                 client_pub, client_sec = zmq.curve_keypair()
                 server_pub = zmq.auth.load_certificate(str(public))[0]
                 self.curve = (server_pub, client_pub, client_sec)
-            workdir = tmp / f"broker-{kind}-{time.monotonic_ns()}"
-            workdir.mkdir()
             self.broker = Broker(workdir, *args).start()
             self.endpoint, self.events = self.broker.endpoint, self.broker.events
             assert self.broker.proc is not None
