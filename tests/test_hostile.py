@@ -176,14 +176,19 @@ def test_a_bug_in_the_core_costs_one_request_not_the_broker(tmp_path: Any) -> No
     server = Server(
         Options(bind="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", store=":memory:")
     )
-    real = server.core.handle
+    real = server.core.batch
 
-    def buggy(ident: bytes, req: Any, now: float, out: Any, **kw: Any) -> None:
-        if isinstance(req, Say) and req.text == "boom":
-            raise KeyError("a bug")
-        real(ident, req, now, out, **kw)
+    def buggy_batch(now: float, out: Any) -> Any:
+        handle = real(now, out)
 
-    server.core.handle = buggy  # type: ignore[method-assign]
+        def buggy(ident: bytes, req: Any, peer_key: str | None = None) -> None:
+            if isinstance(req, Say) and req.text == "boom":
+                raise KeyError("a bug")
+            handle(ident, req, peer_key)
+
+        return buggy
+
+    server.core.batch = buggy_batch  # type: ignore[method-assign]
     replies: list[dict[str, Any]] = []
     failure: list[BaseException] = []
 
