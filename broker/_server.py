@@ -163,6 +163,7 @@ class Server:
         # batch keeps thousands of small containers alive until it is sent,
         # which at the default threshold (700) starts a collection every
         # few hundred messages; the broker's own data has no cycles.
+        old_gc = gc.get_threshold()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         out = Outbox()
@@ -216,6 +217,8 @@ class Server:
             core.notice("the broker is shutting down", out)
             self._flush(out)
         finally:
+            gc.set_threshold(*old_gc)
+            gc.unfreeze()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
