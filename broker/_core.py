@@ -34,6 +34,7 @@ import msgspec
 from messages import (
     HISTORY_MAX,
     Ack,
+    BufferedEncoder,
     Bye,
     ByeReply,
     Code,
@@ -201,6 +202,7 @@ class Core:
         self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
         self._next_gc = 0.0  # when to next drop expired pm ids from the store
         self._limited = config.rate > 0
+        self._encode = BufferedEncoder().encode  # the broker's loop is one thread
         self._welcome_tail = dict(
             server=ServerInfo(
                 name=config.name, version=VERSION, epoch=self.epoch, store=store.store_id
@@ -267,6 +269,7 @@ class Core:
         Everything else goes the general way.
         """
         sessions, rooms, acks = self.sessions, self.rooms, self.recent.acks
+        encode = self._encode
         remember, store = self.recent.add, self.store.add
         events, replies = out.events.append, out.replies.append
         spend = self._spend if self._limited else None

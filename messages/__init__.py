@@ -7,6 +7,7 @@ and time. ``PROTOCOL.md`` beside this file documents the contract.
 
 from ._codec import (
     NOTICE_TOPIC,
+    BufferedEncoder,
     decode_event,
     decode_reply,
     decode_request,
@@ -93,6 +94,7 @@ __all__ = [
     "ROOM_MAX",
     "TEXT_MAX",
     "Ack",
+    "BufferedEncoder",
     "Bye",
     "ByeReply",
     "Code",

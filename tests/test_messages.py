@@ -88,6 +88,15 @@ def test_events_round_trip(msg: Any) -> None:
     assert m.decode_event(m.encode(msg)) == msg
 
 
+def test_the_buffered_encoder_makes_the_same_bytes() -> None:
+    """Its buffer is reused: a short message after a long one (past the
+    buffer's first size) must not carry any of the long one's tail."""
+    enc = m.BufferedEncoder()
+    long = m.MsgEvent(room="general", seq=7, ts=TS, from_="alice", text="x" * 9000)
+    for msg in [*REQUESTS, *REPLIES, *EVENTS, long, *EVENTS, long, REPLIES[0]]:
+        assert enc.encode(msg) == m.encode(msg)
+
+
 def test_frames_look_like_the_contract() -> None:
     assert json.loads(m.encode(EVENTS[0])) == {
         "type": "msg",
