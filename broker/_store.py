@@ -12,7 +12,7 @@ events one per line (NDJSON; JSON text never holds a raw newline), keyed by
 the room and the seq of its first and last event. This is how Kafka stores
 record batches, for the same reason: one row per batch rather than one per
 event cut the store's share of the broker's time per message from 3.8 to
-0.5 microseconds. A segment holds at most :data:`SEGMENT_MAX` events, so
+0.3 microseconds. A segment holds at most :data:`SEGMENT_MAX` events, so
 ``history`` never reads much more than it returns.
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a committed
