@@ -89,6 +89,7 @@ from ._recent import DEDUP_S, Recent, dedup_key
 from ._store import Store
 
 VERSION = "0.1.0"
+HELD_MAX = 1000  # private messages kept for a session that cannot be reached
 
 
 class BatchHandler(Protocol):
@@ -115,6 +116,7 @@ class Config:
 class Session:
     __slots__ = (
         "dedup",
+        "held",
         "ident",
         "key",
         "last_active",
@@ -139,6 +141,9 @@ class Session:
         self.refilled = now
         self.peer_key = peer_key
         self.offer: list[Any] = []
+        # Private messages the ROUTER could not deliver (the connection was
+        # gone or full), sent again when the session is next heard from.
+        self.held: list[bytes] = []
 
     def rename(self, nick: str) -> None:
         self.nick = nick
@@ -164,11 +169,14 @@ class Outbox:
 
     Everything in it is encoded already: ``replies`` are ``(routing id,
     frame)`` for the ROUTER, ``events`` are ``(topic, frame)`` for the PUB.
+    ``pushes`` are private messages for the ROUTER: one the ROUTER cannot
+    deliver goes back to the core (:meth:`Core.hold`) rather than away.
     """
 
     replies: list[tuple[bytes, bytes]] = field(default_factory=list)
     events: list[tuple[bytes, bytes]] = field(default_factory=list)
     notices: list[bytes] = field(default_factory=list)
+    pushes: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     def reply(self, ident: bytes, msg: msgspec.Struct) -> None:
         self.replies.append((ident, encode(msg)))
@@ -177,6 +185,7 @@ class Outbox:
         self.replies.clear()
         self.events.clear()
         self.notices.clear()
+        self.pushes.clear()
 
 
 class Core:
@@ -283,6 +292,8 @@ class Core:
                 return
             s.last_seen = s.last_active = now
             sessions.move_to_end(ident)
+            if s.held:
+                self._release(s, out)
             rid = req.id
             if rid is not None:
                 key = s.dedup + rid
@@ -330,6 +341,8 @@ class Core:
             return
         session.last_seen = now
         self.sessions.move_to_end(ident)
+        if session.held:
+            self._release(session, out)
         kind = type(req)
         try:
             if kind is not Ping:
@@ -392,6 +405,8 @@ class Core:
             holder.last_seen = holder.last_active = now
             self.sessions[ident] = holder
             session = holder
+            if holder.held:
+                self._release(holder, out)
         else:
             session = Session(ident, req.nick, now, self.config.burst, peer_key)
             self.sessions[ident] = session
@@ -400,6 +415,23 @@ class Core:
                 self.nick_owners[key] = peer_key
                 self.store.set_nick_key(key, peer_key)
         out.reply(ident, self._welcome(session, req.id))
+
+    def hold(self, ident: bytes, push: bytes) -> str | None:
+        """Keep a private message the ROUTER could not deliver to ``ident``,
+        for when its session is next heard from. Returns the nick it is held
+        for, or None if no session has that routing id any more (the
+        message is then lost with it)."""
+        s = self.sessions.get(ident)
+        if s is None:
+            return None
+        s.held.append(push)
+        if len(s.held) > HELD_MAX:
+            del s.held[0]  # a session away this long keeps the newest
+        return s.nick
+
+    def _release(self, s: Session, out: Outbox) -> None:
+        out.pushes.extend((s.ident, push) for push in s.held)
+        s.held.clear()
 
     def _welcome(self, s: Session, rid: str | None) -> Welcome:
         return Welcome(id=rid, nick=s.nick, token=s.token, **self._welcome_tail)
@@ -485,7 +517,8 @@ class Core:
         if target is None:
             raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.to!r} is online")
         ts = format_ts(now)
-        out.reply(target.ident, PmPush(from_=s.nick, to=target.nick, text=req.text, ts=ts))
+        push = encode(PmPush(from_=s.nick, to=target.nick, text=req.text, ts=ts))
+        out.pushes.append((target.ident, push))
         ack = encode(Ack(id=req.id, to=target.nick, ts=ts))
         if req.id is not None:
             self.recent.add(s.dedup + req.id, ack, now)

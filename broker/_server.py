@@ -212,7 +212,7 @@ class Server:
                 if wake_r.fileno() in ready:
                     self._drain_wakeups(wake_r)
                 core.expire(now, out)
-                if out.replies or out.events or out.notices:
+                if out.replies or out.events or out.notices or out.pushes:
                     self._flush(out)
             core.notice("the broker is shutting down", out)
             self._flush(out)
@@ -277,18 +277,25 @@ class Server:
         for body in out.notices:
             pub.send_multipart((NOTICE_TOPIC, body))
         router = self.router
-        for ident, frame in out.replies:
-            try:
-                # ROUTER_MANDATORY reports a gone peer on the first frame,
-                # so a failed send never leaves half a message queued.
-                send(router, ident, _MORE_NOBLOCK)
-                send(router, frame, _NOBLOCK)
-            except zmq.ZMQError as err:
-                # EHOSTUNREACH: the peer is gone; EAGAIN: its queue is full.
-                # Either way the client repairs from history or resends.
-                if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
-                    raise
-                self.dropped += 1
+        for frames, pushes in ((out.replies, False), (out.pushes, True)):
+            for ident, frame in frames:
+                try:
+                    # ROUTER_MANDATORY reports a gone peer on the first frame,
+                    # so a failed send never leaves half a message queued.
+                    send(router, ident, _MORE_NOBLOCK)
+                    send(router, frame, _NOBLOCK)
+                except zmq.ZMQError as err:
+                    # EHOSTUNREACH: the peer is gone; EAGAIN: its queue is
+                    # full. A reply or event is repaired by the client (it
+                    # resends, or reads history); a private message has no
+                    # history, so its session keeps it until heard from.
+                    if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                        raise
+                    nick = self.core.hold(ident, frame) if pushes else None
+                    if nick is None:
+                        self.dropped += 1
+                    else:
+                        log.info("%s cannot be reached; a private message is held for it", nick)
         out.clear()
 
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -35,7 +35,7 @@ class World:
             ev = m.decode_event(body)
             assert topic == m.room_topic(ev.room)
             self.published.append(ev)
-        return [(to, m.decode_reply(frame)) for to, frame in out.replies]
+        return [(to, m.decode_reply(frame)) for to, frame in out.replies + out.pushes]
 
     def ask(self, ident: bytes, req: Any) -> Any:
         """The one reply to ``ident``."""
@@ -304,3 +304,29 @@ def test_recent_acks_expire_by_group_and_never_early() -> None:
     assert len(r) == 0 and dedup_key("alice", "1") not in r
     # A nick cannot hold a NUL, so "al" + "\0ice..." never meets "alice".
     assert dedup_key("al", "ice") != dedup_key("alice", "")
+
+
+def test_a_private_message_the_router_could_not_deliver_waits_for_its_session() -> None:
+    """The shell hands back a push it could not send (peer gone or full);
+    the recipient gets it when next heard from, on the same connection or
+    on a new one that takes the session over with its token."""
+    w = World()
+    w.hello(b"a", "alice")
+    token = w.hello(b"b", "bob").token
+    out = Outbox()
+    w.core.handle(b"a", m.Pm(to="bob", text="one", id="1"), w.now, out)
+    [(to, push)] = out.pushes
+    assert to == b"b" and w.core.hold(to, push) == "bob"  # the ROUTER said EHOSTUNREACH
+    assert w.core.hold(b"nobody", push) is None
+    # bob's next request brings the held message along.
+    replies = w.send(b"b", m.Ping())
+    assert [(to, type(r).__name__) for to, r in replies] == [(b"b", "Pong"), (b"b", "PmPush")]
+    assert replies[1][1] == m.PmPush(from_="alice", to="bob", text="one", ts=m.format_ts(T0))
+    assert [type(r).__name__ for _, r in w.send(b"b", m.Ping())] == ["Pong"]  # given once
+    # Held again, then bob comes back on a new connection with his token.
+    out = Outbox()
+    w.core.handle(b"a", m.Pm(to="bob", text="two", id="2"), w.now, out)
+    w.core.hold(*out.pushes[0])
+    replies = w.send(b"b2", m.Hello(nick="bob", token=token))
+    assert [(to, type(r).__name__) for to, r in replies] == [(b"b2", "Welcome"), (b"b2", "PmPush")]
+    assert replies[1][1].text == "two"

@@ -190,3 +190,39 @@ def test_stalled_network_path_recovers(broker: Broker) -> None:
         run(body(), 120)
     finally:
         proxy.close()
+
+
+def test_a_private_message_waits_for_a_recipient_whose_connection_dropped(
+    broker: Broker, zctx: Any
+) -> None:
+    """A pm has no history to repair from: when the recipient's connection is
+    gone but its session lives, the broker keeps the message and hands it
+    over when the session is back (here on a new connection, by token)."""
+    alice = RawClient(zctx, broker.endpoint)
+    bob = RawClient(zctx, broker.endpoint)
+    assert alice.request({"type": "hello", "nick": "alice"})["type"] == "welcome"
+    token = bob.request({"type": "hello", "nick": "bob"})["token"]
+    bob.close()
+    # A pm sent before the broker has seen the connection close can still go
+    # down with it; once the broker knows, each one is held (and logged).
+    sent: list[str] = []
+
+    def held() -> bool:
+        text = f"p{len(sent)}"
+        alice.send({"type": "pm", "to": "bob", "text": text, "id": text})
+        sent.append(text)
+        return "bob cannot be reached" in broker.log_text()
+
+    wait_until(held, timeout=5, what="a held private message")
+    alice.send({"type": "pm", "to": "bob", "text": "last", "id": "last"})
+    assert alice.recv_until(lambda r: r.get("id") == "last")["type"] == "ack"
+    back = RawClient(zctx, broker.endpoint)
+    assert back.request({"type": "hello", "nick": "bob", "token": token})["type"] == "welcome"
+    got: list[str] = []
+    while not got or got[-1] != "last":
+        got.append(back.recv_until(lambda r: r["type"] == "pm")["text"])
+    # Everything sent once the broker knew is there, each once, in order.
+    assert sent[-1] in got
+    assert got == [text for text in [*sent, "last"] if text in got]
+    for c in (alice, back):
+        c.close()
