@@ -135,39 +135,43 @@ class Store:
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is None:
             return
         db.execute("BEGIN")
-        run: _Open | None = None
+        try:
+            run: _Open | None = None
 
-        def close(run: _Open | None) -> None:
-            if run is not None:
-                db.execute(
-                    "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                    (
-                        run.room,
-                        run.first,
-                        run.first + len(run.bodies) - 1,
-                        run.at,
-                        b"\n".join(run.bodies),
-                    ),
-                )
+            def close(run: _Open | None) -> None:
+                if run is not None:
+                    db.execute(
+                        "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                        (
+                            run.room,
+                            run.first,
+                            run.first + len(run.bodies) - 1,
+                            run.at,
+                            b"\n".join(run.bodies),
+                        ),
+                    )
 
-        for room, seq, at, kind, body in db.execute(
-            "SELECT room, seq, at, kind, body FROM events ORDER BY room, seq"
-        ).fetchall():
-            if (
-                run is None
-                or run.room != room
-                or run.first + len(run.bodies) != seq
-                or len(run.bodies) >= SEGMENT_MAX
-            ):
-                close(run)
-                run = _Open(room, seq, at)
-            run.bodies.append(body)
-            run.at = max(run.at, at)
-            if kind == "topic":
-                topic = msgspec.json.decode(body).get("topic", "")
-                db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
-        close(run)
-        db.execute("DROP TABLE events")
+            for room, seq, at, kind, body in db.execute(
+                "SELECT room, seq, at, kind, body FROM events ORDER BY room, seq"
+            ).fetchall():
+                if (
+                    run is None
+                    or run.room != room
+                    or run.first + len(run.bodies) != seq
+                    or len(run.bodies) >= SEGMENT_MAX
+                ):
+                    close(run)
+                    run = _Open(room, seq, at)
+                run.bodies.append(body)
+                run.at = max(run.at, at)
+                if kind == "topic":
+                    topic = msgspec.json.decode(body).get("topic", "")
+                    db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (room, topic))
+            close(run)
+            db.execute("DROP TABLE events")
+        except BaseException:
+            db.execute("ROLLBACK")  # the old table stays as it was
+            raise
         db.execute("COMMIT")
 
     # ------------------------------------------------------------ writing
@@ -311,7 +315,8 @@ class Store:
         )
 
     def forget_pm_ids(self, before: float) -> None:
-        self._begin()
+        # Its own transaction when no batch is open (the connection is in
+        # autocommit mode): an idle broker must not sit on the write lock.
         self._db.execute("DELETE FROM pm_ids WHERE at < ?", (before,))
 
     def nick_keys(self) -> dict[str, str]:

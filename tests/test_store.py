@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -126,3 +127,39 @@ def test_a_store_of_one_row_per_event_is_upgraded(tmp_path: Path) -> None:
     store.close()
     tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
     assert "events" not in tables and "segments" in tables
+
+
+def test_an_idle_store_holds_no_write_lock(tmp_path: Path) -> None:
+    """Dropping old pm ids happens between batches; it must not leave a
+    transaction open on a broker that then goes quiet."""
+    path = str(tmp_path / "s.db")
+    store = Store(path)
+    store.add_pm_id("alice", "p1", 1000.0, b"{}")
+    store.commit()
+    store.forget_pm_ids(2000.0)
+    other = sqlite3.connect(path, timeout=0)
+    other.execute("INSERT INTO meta VALUES ('probe', 'x')")  # "database is locked" if held
+    other.commit()
+    other.close()
+    assert list(store.recent_pm_acks(0)) == []
+    store.close()
+
+
+def test_an_upgrade_that_fails_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE events (room TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, "
+        "sender TEXT, req_id TEXT, kind TEXT NOT NULL, body BLOB NOT NULL, "
+        "PRIMARY KEY (room, seq)) WITHOUT ROWID"
+    )
+    db.execute("INSERT INTO events VALUES ('r', 1, 1.0, NULL, NULL, 'msg', ?)", (body("r", 1),))
+    db.execute("INSERT INTO events VALUES ('r', 2, 2.0, NULL, NULL, 'topic', x'7b')")  # "{"
+    db.commit()
+    db.close()
+    with pytest.raises(msgspec.DecodeError):
+        Store(str(path))
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
+    db.close()
