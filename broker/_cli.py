@@ -85,6 +85,14 @@ def parser() -> argparse.ArgumentParser:
         help="end a session silent this long, with a 'timeout' leave (default %(default)s)",
     )
     p.add_argument(
+        "--dedup-max",
+        type=_positive,
+        default=2_000_000,
+        metavar="N",
+        help="request ids remembered for answering resends (ten minutes' worth, "
+        "but at most this many; about 250 bytes each; default %(default)s)",
+    )
+    p.add_argument(
         "--heartbeat-ms",
         type=_positive,
         default=5_000,
@@ -201,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready_file=opts.ready_file,
         curve_secret=opts.curve_secret,
         allow_keys=opts.allow_keys,
+        dedup_max=opts.dedup_max,
     )
     try:
         server = Server(options)

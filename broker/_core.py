@@ -111,6 +111,7 @@ class Config:
     max_text: int = 4_000
     max_msg_bytes: int = 65_536
     curve: bool = False
+    dedup_max: int = 2_000_000
 
 
 class Session:
@@ -207,7 +208,7 @@ class Core:
         self.rooms: dict[str, Room] = {
             name: Room(name, st.last_seq, st.topic) for name, st in store.rooms().items()
         }
-        self.recent = Recent()
+        self.recent = Recent(config.dedup_max)
         self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
         self._next_gc = 0.0  # when to next drop expired pm ids from the store
         self._limited = config.rate > 0

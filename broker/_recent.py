@@ -31,9 +31,16 @@ def dedup_key(nick_key: str, request_id: str) -> str:
 
 
 class Recent:
-    """First acks by :func:`dedup_key`, each remembered for ``DEDUP_S``."""
+    """First acks by :func:`dedup_key`, each remembered for ``DEDUP_S``, but
+    never more than ``max_entries`` of them: ten minutes of a busy broker
+    (1,000 sessions at the default 20 say/s are 12 million ids, some 3 GB)
+    must not take its memory. Past the limit the oldest are forgotten first,
+    and a resend of one of those is published again: a duplicate, never a
+    loss."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = 2_000_000) -> None:
+        self.max_entries = max_entries
+        self.forgotten_early = 0  # entries dropped for the limit, not for age
         # Read directly on the hot path: ``acks.get(key)``.
         self.acks: dict[str, bytes] = {}
         self._groups: deque[tuple[float, list[str]]] = deque()
@@ -56,7 +63,9 @@ class Recent:
         self._group.append(key)
 
     def expire(self, now: float) -> None:
-        """Forget what was added ``DEDUP_S`` or longer before ``now``.
+        """Forget what was added ``DEDUP_S`` or longer before ``now``, then
+        the oldest groups while more than ``max_entries`` are kept (checked
+        here, once a batch, not on every add).
 
         Groups go in the order they were made; one made after the clock
         stepped back waits for those before it, so an id is remembered too
@@ -64,8 +73,10 @@ class Recent:
         """
         cutoff = now - DEDUP_S
         groups, acks = self._groups, self.acks
-        while groups and groups[0][0] <= cutoff:
-            _, keys = groups.popleft()
+        while groups and (groups[0][0] <= cutoff or len(acks) > self.max_entries):
+            at, keys = groups.popleft()
+            if at > cutoff:
+                self.forgotten_early += len(keys)
             for key in keys:
                 acks.pop(key, None)
         if not groups:

@@ -72,6 +72,7 @@ class Options:
     ready_file: str | None = None
     curve_secret: str | None = None
     allow_keys: str | None = None
+    dedup_max: int = 2_000_000
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -97,6 +98,8 @@ class Server:
         self.router = self.ctx.socket(zmq.ROUTER)
         self.pub = self.ctx.socket(zmq.PUB)
         self.stopping = False
+        self._forgotten_reported = 0
+        self._next_forgotten_report = 0.0
         self.dropped = 0
         self._signals: list[int] = []
         self.guard: Guard | None = None
@@ -117,6 +120,7 @@ class Server:
             max_text=opts.max_text,
             max_msg_bytes=opts.max_msg_bytes,
             curve=opts.curve_secret is not None,
+            dedup_max=opts.dedup_max,
         )
         self.core = Core(self.config, self.store)
         self.recovered = self.core.load_recent(time.time())
@@ -212,6 +216,8 @@ class Server:
                 if wake_r.fileno() in ready:
                     self._drain_wakeups(wake_r)
                 core.expire(now, out)
+                if core.recent.forgotten_early != self._forgotten_reported:
+                    self._report_forgotten(now)
                 if out.replies or out.events or out.notices or out.pushes:
                     self._flush(out)
             core.notice("the broker is shutting down", out)
@@ -297,6 +303,19 @@ class Server:
                     else:
                         log.info("%s cannot be reached; a private message is held for it", nick)
         out.clear()
+
+    def _report_forgotten(self, now: float) -> None:
+        if now < self._next_forgotten_report:
+            return  # at most a line a minute
+        self._next_forgotten_report = now + 60.0
+        n = self.core.recent.forgotten_early
+        log.warning(
+            "%d request ids forgotten in under ten minutes to keep at most %d "
+            "(--dedup-max): a resend of one of them would be published again",
+            n - self._forgotten_reported,
+            self.config.dedup_max,
+        )
+        self._forgotten_reported = n
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)

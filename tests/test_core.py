@@ -330,3 +330,26 @@ def test_a_private_message_the_router_could_not_deliver_waits_for_its_session() 
     replies = w.send(b"b2", m.Hello(nick="bob", token=token))
     assert [(to, type(r).__name__) for to, r in replies] == [(b"b2", "Welcome"), (b"b2", "PmPush")]
     assert replies[1][1].text == "two"
+
+
+def test_recent_acks_stay_under_their_limit_oldest_first() -> None:
+    from broker._recent import Recent, dedup_key
+
+    r = Recent(max_entries=3)
+    for i in range(5):  # five batches of one, a second apart
+        r.add(dedup_key("alice", str(i)), b"ack%d" % i, T0 + i)
+    r.expire(T0 + 5)  # all young; two over the limit
+    assert sorted(r.acks.values()) == [b"ack2", b"ack3", b"ack4"]
+    assert r.forgotten_early == 2
+
+
+def test_a_resend_past_the_dedup_limit_is_published_again_not_lost() -> None:
+    w = World(dedup_max=1)
+    w.hello(b"a", "alice", "general")
+    first = w.ask(b"a", m.Say(room="general", text="one", id="1"))
+    w.now += 1  # a later batch
+    w.ask(b"a", m.Say(room="general", text="two", id="2"))
+    w.expire()
+    assert w.ask(b"a", m.Say(room="general", text="two", id="2")).seq == first.seq + 1
+    again = w.ask(b"a", m.Say(room="general", text="one", id="1"))
+    assert again.seq > first.seq and w.core.recent.forgotten_early == 1

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .helpers import Broker, RawClient
+from .helpers import Broker, RawClient, wait_until
 
 json_values = st.recursive(
     st.none()
@@ -220,3 +220,23 @@ def test_a_bug_in_the_core_costs_one_request_not_the_broker(tmp_path: Any) -> No
     assert [r["type"] for r in replies] == ["welcome", "joined", "error", "ack"]
     assert replies[2]["id"] == "b" and "internal error" in replies[2]["message"]
     assert replies[3]["id"] == "f" and replies[3]["seq"] == 2
+
+
+def test_request_ids_beyond_the_dedup_limit_are_forgotten_and_logged(
+    make_broker: Callable[..., Broker], zctx: Any
+) -> None:
+    """Unique ids are a way to make the broker remember things; it keeps at
+    most --dedup-max of them and says so when it forgets one early."""
+    b = make_broker("--dedup-max", "2", store=":memory:")
+    c = RawClient(zctx, b.endpoint)
+    c.request({"type": "hello", "nick": "flood"})
+    c.request({"type": "join", "room": "general"})
+    seqs = [
+        c.request({"type": "say", "room": "general", "text": "x", "id": str(i)})["seq"]
+        for i in range(5)
+    ]
+    wait_until(lambda: "request ids forgotten" in b.log_text(), what="the dedup warning")
+    # The newest are still answered from memory; the oldest is published again.
+    assert c.request({"type": "say", "room": "general", "text": "x", "id": "4"})["seq"] == seqs[4]
+    assert c.request({"type": "say", "room": "general", "text": "x", "id": "0"})["seq"] > seqs[4]
+    c.close()
