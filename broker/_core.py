@@ -264,6 +264,7 @@ class Core:
 
         ``peer_key`` is the CURVE public key the connection authenticated
         with, taken by the shell from the frame, never from the message.
+        A batch of one: the shell uses :meth:`batch` for many.
         """
         self.batch(now, out)(ident, req, peer_key)
 
@@ -275,8 +276,8 @@ class Core:
         A busy broker's batches are mostly ``say``, and the handler takes
         them on a path of its own, with what a say needs (the maps, the
         store, the outbox, the batch's timestamp) bound once per batch
-        instead of looked up per request: 2.7 -> 2.4 us of Python a say.
-        Everything else goes the general way.
+        instead of looked up per request: the broker's loop went from 5.64
+        to 5.34 us a say. Everything else goes the general way.
         """
         sessions, rooms, acks = self.sessions, self.rooms, self.recent.acks
         encode = self._encode

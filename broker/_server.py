@@ -47,7 +47,7 @@ _SNDMORE = int(zmq.SNDMORE)
 _MORE_NOBLOCK = _NOBLOCK | _SNDMORE
 # pyzmq's Socket.send is a Python layer (draft-socket routing ids and
 # groups) over the backend's send, and costs 0.3 us more a call than it:
-# a third of the broker's time per message went to four sends. The hot
+# the four sends of a say were a quarter of the broker's profile. The hot
 # loop calls the backend's send, with bytes and plain flags only.
 _send = zmq.backend.Socket.send
 LINGER_MS = 500
@@ -191,8 +191,8 @@ class Server:
                         except zmq.Again:
                             break
                         # A Frame tells whether more parts follow for the
-                        # price of making it; asking the socket (RCVMORE)
-                        # costs three times as much in pyzmq.
+                        # price of making it (~0.4 us); Socket.rcvmore costs
+                        # 1.5 us in pyzmq (an attribute lookup and an enum).
                         body = recv(_NOBLOCK, copy=False)
                         if body.more:
                             extra = 1
