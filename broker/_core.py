@@ -289,7 +289,7 @@ class Core:
 
         def handle(ident: bytes, req: Request, peer_key: str | None = None) -> None:
             s = sessions.get(ident)
-            if type(req) is not Say or s is None:
+            if type(req) is not Say or s is None or peer_key != s.peer_key:
                 general(ident, req, now, out, peer_key)
                 return
             s.last_seen = s.last_active = now
@@ -340,6 +340,18 @@ class Core:
         session = self.sessions.get(ident)
         if session is None:
             self._sessionless(ident, req, now, out, peer_key)
+            return
+        if peer_key != session.peer_key:
+            # With CURVE, a session answers only to the key that made it: a
+            # connection that took its routing id over with another key
+            # (ROUTER_HANDOVER) gets nothing of it.
+            out.reply(
+                ident,
+                _error(
+                    ProtocolError(Code.UNAUTHORIZED, "this session belongs to another key"),
+                    req.id,
+                ),
+            )
             return
         session.last_seen = now
         self.sessions.move_to_end(ident)

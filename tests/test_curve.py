@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -233,3 +234,42 @@ def test_send_with_server_key(make_broker: Callable[..., Broker], keys: Path) ->
         timeout=60,
     )
     assert r.returncode == 3
+
+
+def test_a_session_answers_only_to_the_key_that_made_it(
+    make_broker: Callable[..., Broker], keys: Path, zctx: Any
+) -> None:
+    """A connection that takes a session's routing id over (ROUTER_HANDOVER)
+    with another key gets an error, not the session."""
+    b = curve_broker(make_broker, keys)
+
+    def dealer(who: str) -> Any:
+        k = client_keys(keys, who)
+        d = zctx.socket(zmq.DEALER)
+        d.linger = 0
+        d.curve_serverkey, d.curve_publickey, d.curve_secretkey = (
+            k.server_public,
+            k.public,
+            k.secret,
+        )
+        d.setsockopt(zmq.ROUTING_ID, b"zc-shared-id")
+        d.connect(b.endpoint)
+        return d
+
+    def request(d: Any, msg: bytes) -> dict[str, Any]:
+        d.send(msg)
+        assert d.poll(5000), "no reply"
+        return dict(json.loads(d.recv()))
+
+    alice = dealer("a")
+    assert request(alice, b'{"type":"hello","nick":"alice"}')["type"] == "welcome"
+    assert request(alice, b'{"type":"join","room":"general"}')["type"] == "joined"
+    alice.close()
+    mallory = dealer("m")
+    reply = request(mallory, b'{"type":"say","room":"general","text":"as alice?","id":"x"}')
+    assert reply["code"] == "unauthorized" and reply["id"] == "x"
+    assert request(mallory, b'{"type":"part","room":"general"}')["code"] == "unauthorized"
+    mallory.close()
+    back = dealer("a")  # the rightful key, same routing id: the session is still there
+    assert request(back, b'{"type":"say","room":"general","text":"me","id":"y"}')["type"] == "ack"
+    back.close()
