@@ -708,7 +708,12 @@ class Client:
                     if isinstance(ev, Notice) or st.last is None or ev.seq <= st.last:
                         continue
                     if ev.seq != st.last + 1:
-                        break
+                        if got:
+                            break
+                        # History starts past the hole: the broker no longer
+                        # keeps it (--retain-days). Skip it rather than stall.
+                        log.warning("#%s: events %d..%d are gone", st.name, st.last + 1, ev.seq - 1)
+                        st.last = ev.seq - 1
                     self._deliver(st, ev)
                     got += 1
                 self._release(st)

@@ -131,3 +131,39 @@ def test_memory_store_restart_restarts_numbering(make_broker: Callable[..., Brok
             assert got.seq == ack.seq
 
     run(body(), 60)
+
+
+def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """History trimmed by --retain-days can leave a hole nobody can fill:
+    after a restart the client learns (pong) that the room went on, history
+    starts past the hole, and the client delivers from there."""
+    from broker import Store
+    from messages import encode, format_ts
+
+    b = make_broker("--timeout-ms", "3000", "--heartbeat-ms", "500")
+
+    async def body() -> None:
+        async with Client(b.endpoint, "reader") as reader:
+            ack = await reader.say("general", "before")
+            await _until(reader, lambda i: isinstance(i, MsgEvent) and i.text == "before")
+            b.kill()
+            # What the broker stored while the reader was away, of which
+            # the first four events were trimmed since.
+            store = Store(b.store)
+            for seq in range(ack.seq + 5, ack.seq + 8):
+                ev = MsgEvent(
+                    room="general", seq=seq, ts=format_ts(0), from_="w", text=f"kept {seq}"
+                )
+                store.add("general", seq, encode(ev), 0.0)
+            store.close()
+            b.start()
+            got = await _until(
+                reader, lambda i: isinstance(i, MsgEvent) and i.text.startswith("kept"), 30
+            )
+            assert got.seq == ack.seq + 5
+            rest = [await _until(reader, lambda i: isinstance(i, MsgEvent)) for _ in range(2)]
+            assert [e.seq for e in rest] == [ack.seq + 6, ack.seq + 7]
+
+    run(body(), 60)
