@@ -38,6 +38,17 @@ def _rate(text: str) -> float:
     return value
 
 
+def _retain(text: str) -> float:
+    value = float(text)
+    # Resends are answered for ten minutes, from the ids the stored events
+    # carry: history must outlive that.
+    if value != 0 and value < 1 / 24:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (keep all) or at least 1/24 (an hour), not {text}"
+        )
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="zchat-broker",
@@ -71,6 +82,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the SQLite history store; ':memory:' keeps nothing across "
         f"restarts (default {default_store()})",
+    )
+    p.add_argument(
+        "--retain-days",
+        type=_retain,
+        default=0.0,
+        metavar="D",
+        help="drop room history older than D days (each room keeps at least its "
+        "newest events); 0 keeps everything (default)",
     )
     p.add_argument(
         "--fsync",
@@ -210,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         curve_secret=opts.curve_secret,
         allow_keys=opts.allow_keys,
         dedup_max=opts.dedup_max,
+        retain_days=opts.retain_days,
     )
     try:
         server = Server(options)

@@ -112,6 +112,7 @@ class Config:
     max_msg_bytes: int = 65_536
     curve: bool = False
     dedup_max: int = 2_000_000
+    retain_s: float = 0.0  # history kept this long; 0 keeps it all
 
 
 class Session:
@@ -660,6 +661,10 @@ class Core:
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             self.store.forget_pm_ids(now - DEDUP_S)
+            if self.config.retain_s > 0 and self.store.trim(now - self.config.retain_s) > 0:
+                # More may be due: come back in a second, a slice at a time,
+                # rather than stall the loop on a big backlog.
+                self._next_gc = now + 1.0
         return n
 
     def notice(self, text: str, out: Outbox) -> None:

@@ -73,6 +73,7 @@ class Options:
     curve_secret: str | None = None
     allow_keys: str | None = None
     dedup_max: int = 2_000_000
+    retain_days: float = 0.0
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -121,6 +122,7 @@ class Server:
             max_msg_bytes=opts.max_msg_bytes,
             curve=opts.curve_secret is not None,
             dedup_max=opts.dedup_max,
+            retain_s=opts.retain_days * 86_400,
         )
         self.core = Core(self.config, self.store)
         self.recovered = self.core.load_recent(time.time())
@@ -322,11 +324,12 @@ class Server:
         log.info("events   on %s (PUB), advertised as %s", self.pub_endpoint, self.config.events)
         where = "in memory (nothing survives a restart)" if o.store == ":memory:" else o.store
         log.info(
-            "store %s: %d rooms, %d events, %d recent request ids",
+            "store %s: %d rooms, %d events, %d recent request ids; history kept %s",
             where,
             len(self.core.rooms),
             self.store.count(),
             self.recovered,
+            f"{o.retain_days:g} days" if o.retain_days else "forever",
         )
         log.info(
             "limits: timeout %d ms, heartbeat %d ms, rate %s/s burst %d, text %d chars, frame %d bytes",

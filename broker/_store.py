@@ -314,6 +314,20 @@ class Store:
             "SELECT sender, req_id, reply FROM pm_ids WHERE at >= ? ORDER BY at", (since,)
         )
 
+    def trim(self, before: float, *, limit: int = 1000) -> int:
+        """Drop up to ``limit`` segments stored before ``before``, except each
+        room's newest, which carries its last seq across restarts (a seq is
+        never used twice). Returns how many went; like :meth:`forget_pm_ids`
+        it is a transaction of its own when no batch is open."""
+        cur = self._db.execute(
+            "DELETE FROM segments WHERE rowid IN ("
+            " SELECT s.rowid FROM segments AS s WHERE s.at < ?"
+            " AND s.last < (SELECT MAX(t.last) FROM segments AS t WHERE t.room = s.room)"
+            " LIMIT ?)",
+            (before, limit),
+        )
+        return cur.rowcount
+
     def forget_pm_ids(self, before: float) -> None:
         # Its own transaction when no batch is open (the connection is in
         # autocommit mode): an idle broker must not sit on the write lock.

@@ -428,3 +428,17 @@ def test_zmq_garbage_does_not_hurt(raw: Make, broker: Broker) -> None:
             s.sendall(junk)
     assert a.request({"type": "say", "room": "general", "text": "ok"})["type"] == "ack"
     assert zmq.zmq_version_info() >= (4, 3, 5)
+
+
+def test_retention_is_announced_and_reaches_the_core(
+    make_broker: Callable[..., Broker],
+) -> None:
+    b = make_broker("--retain-days", "0.5")
+    wait_until(lambda: "history kept 0.5 days" in b.log_text(), what="the retention line")
+    from broker import Options, Server
+
+    server = Server(Options(bind="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", retain_days=0.5))
+    try:
+        assert server.core.config.retain_s == 43_200
+    finally:
+        server.close()

@@ -353,3 +353,16 @@ def test_a_resend_past_the_dedup_limit_is_published_again_not_lost() -> None:
     assert w.ask(b"a", m.Say(room="general", text="two", id="2")).seq == first.seq + 1
     again = w.ask(b"a", m.Say(room="general", text="one", id="1"))
     assert again.seq > first.seq and w.core.recent.forgotten_early == 1
+
+
+def test_history_older_than_the_retention_goes_and_numbering_goes_on() -> None:
+    w = World(retain_s=3600.0)
+    w.hello(b"a", "alice", "general")
+    for i in range(3):
+        w.ask(b"a", m.Say(room="general", text=f"old {i}"))
+    w.now += 3600 + 61  # the next clean-up finds them past the retention
+    last = w.ask(b"a", m.Say(room="general", text="new"))
+    w.expire()
+    h = w.ask(b"a", m.History(room="general"))
+    assert [msgspec.json.decode(e)["seq"] for e in h.events] == [last.seq]
+    assert w.ask(b"a", m.Say(room="general", text="next")).seq == last.seq + 1

@@ -163,3 +163,23 @@ def test_an_upgrade_that_fails_changes_nothing(tmp_path: Path) -> None:
     assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
     assert db.execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
     db.close()
+
+
+def test_trim_drops_old_segments_but_each_rooms_newest(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    store = Store(path)
+    fill(store, [3, 3, 3], at=1000.0)  # r: three old segments
+    fill(store, [2], room="quiet", at=1000.0)  # its only segment, old too
+    for seq in (10, 11):
+        store.add("r", seq, body("r", seq), 5000.0)
+    store.commit()
+    assert store.trim(2000.0, limit=2) == 2  # a slice at a time
+    assert store.trim(2000.0) == 1
+    assert store.trim(2000.0) == 0
+    found, more = store.history("r", after=None, before=None, limit=50)
+    assert seqs(found) == [10, 11] and not more
+    assert seqs(store.history("quiet", after=0, before=None, limit=50)[0]) == [1, 2]
+    store.close()
+    again = Store(path)  # the last seq of every room survives
+    assert {r: s.last_seq for r, s in again.rooms().items()} == {"r": 11, "quiet": 2}
+    again.close()
