@@ -100,7 +100,26 @@ class Store:
         self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, once a batch.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._closed = False
+        try:
+            self._setup(fsync)
+        except BaseException:
+            self._db.close()  # a store that failed to open holds nothing open
+            raise
+        self._open: dict[str, _Open] = {}
+        self._segments: list[_Open] = []
+        self._topics: dict[str, str] = {}
+        self._pm_ids: list[tuple[object, ...]] = []
+        self._in_tx = False
         if path != ":memory:":
+            self._stop = threading.Event()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="wal-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _setup(self, fsync: bool) -> None:
+        if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             # Checkpoints copy the WAL into the database file, taking
@@ -117,17 +136,6 @@ class Store:
             self._db.execute("INSERT INTO meta VALUES ('store_id', ?)", (self.store_id,))
         else:
             self.store_id = str(row[0])
-        self._open: dict[str, _Open] = {}
-        self._segments: list[_Open] = []
-        self._topics: dict[str, str] = {}
-        self._pm_ids: list[tuple[object, ...]] = []
-        self._in_tx = False
-        if path != ":memory:":
-            self._stop = threading.Event()
-            self._checkpointer = threading.Thread(
-                target=self._checkpoint_loop, name="wal-checkpoint", daemon=True
-            )
-            self._checkpointer.start()
 
     def _migrate(self) -> None:
         """Fold the one-row-per-event table of zchat 0.1 stores into segments."""
@@ -239,6 +247,10 @@ class Store:
             db.close()
 
     def close(self) -> None:
+        """Commit what is pending and close; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         if self.path != ":memory:":
             self._stop.set()
             self._checkpointer.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,14 @@ import messages as m
 from broker import Config, Core, Outbox, Store
 
 T0 = 1_795_521_600.0  # 2026-11-24T12:00:00Z
+_worlds: list[World] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_worlds() -> Iterator[None]:
+    yield
+    while _worlds:
+        _worlds.pop().store.close()
 
 
 class World:
@@ -19,6 +28,7 @@ class World:
 
     def __init__(self, store: Store | None = None, **config: Any) -> None:
         self.store = store or Store(":memory:")
+        _worlds.append(self)  # closed after the test
         self.core = Core(Config(**config), self.store)
         self.now = T0
         self.published: list[Any] = []

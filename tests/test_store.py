@@ -4,6 +4,7 @@ the upgrade from one row per event."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import msgspec
@@ -54,20 +55,20 @@ def expected(n: int, after: int | None, before: int | None, limit: int) -> tuple
 def test_history_matches_a_plain_list(
     batches: list[int], after: int | None, before: int | None, limit: int
 ) -> None:
-    store = Store(":memory:")
-    n = fill(store, batches)
-    fill(store, [3], room="other")  # another room's events never leak in
-    found, more = store.history("r", after=after, before=before, limit=limit)
-    assert (seqs(found), more) == expected(n, after, before, limit)
-    assert store.count() == n + 3
+    with closing(Store(":memory:")) as store:
+        n = fill(store, batches)
+        fill(store, [3], room="other")  # another room's events never leak in
+        found, more = store.history("r", after=after, before=before, limit=limit)
+        assert (seqs(found), more) == expected(n, after, before, limit)
+        assert store.count() == n + 3
 
 
 def test_a_batch_is_split_into_bounded_segments(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s.db"))
     fill(store, [SEGMENT_MAX * 2 + 1, 1])
     store.close()
-    db = sqlite3.connect(tmp_path / "s.db")
-    rows = db.execute("SELECT first, last FROM segments ORDER BY first").fetchall()
+    with closing(sqlite3.connect(tmp_path / "s.db")) as db:
+        rows = db.execute("SELECT first, last FROM segments ORDER BY first").fetchall()
     assert rows == [
         (1, SEGMENT_MAX),
         (SEGMENT_MAX + 1, 2 * SEGMENT_MAX),
@@ -96,6 +97,7 @@ def test_events_topics_and_pm_ids_survive_a_restart(tmp_path: Path) -> None:
     assert list(again.recent_pm_acks(0)) == []
     found, more = again.history("r", after=None, before=None, limit=100)
     assert seqs(found) == list(range(1, 8)) and not more
+    again.close()
 
 
 def test_a_store_of_one_row_per_event_is_upgraded(tmp_path: Path) -> None:
@@ -125,7 +127,8 @@ def test_a_store_of_one_row_per_event_is_upgraded(tmp_path: Path) -> None:
     # The newest segment is dated by its newest event, so dedup reload sees it.
     assert 600 in seqs(list(store.recent_events(1599.0)))
     store.close()
-    tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    with closing(sqlite3.connect(path)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
     assert "events" not in tables and "segments" in tables
 
 
