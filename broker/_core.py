@@ -416,10 +416,14 @@ class Core:
             # The owner of the token is back on a new connection: hand the
             # session over, rooms and all, with no leave or join.
             del self.sessions[holder.ident]
-            holder.ident = ident
+            old, holder.ident = holder.ident, ident
             holder.last_seen = holder.last_active = now
             self.sessions[ident] = holder
             session = holder
+            # Private messages of this batch still addressed to the old
+            # connection follow the session to the new one.
+            if any(to == old for to, _ in out.pushes):
+                out.pushes[:] = [(ident if to == old else to, p) for to, p in out.pushes]
             if holder.held:
                 self._release(holder, out)
         else:

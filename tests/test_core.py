@@ -376,3 +376,14 @@ def test_history_older_than_the_retention_goes_and_numbering_goes_on() -> None:
     h = w.ask(b"a", m.History(room="general"))
     assert [msgspec.json.decode(e)["seq"] for e in h.events] == [last.seq]
     assert w.ask(b"a", m.Say(room="general", text="next")).seq == last.seq + 1
+
+
+def test_a_private_message_follows_a_session_taken_over_in_the_same_batch() -> None:
+    w = World()
+    w.hello(b"a", "alice")
+    token = w.hello(b"b", "bob").token
+    out = Outbox()
+    handle = w.core.batch(w.now, out)
+    handle(b"a", m.Pm(to="bob", text="hi", id="1"))
+    handle(b"b2", m.Hello(nick="bob", token=token))  # bob is back on a new connection
+    assert [to for to, _ in out.pushes] == [b"b2"]
