@@ -35,6 +35,18 @@ def fill(store: Store, batches: list[int], room: str = "r", at: float = 1000.0) 
     return seq
 
 
+def old_store(path: Path, rows: list[tuple[object, ...]]) -> None:
+    """Write ``rows`` into a store as zchat 0.1 kept it: one row per event."""
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS events (room TEXT NOT NULL, seq INTEGER NOT NULL, "
+            "at REAL NOT NULL, sender TEXT, req_id TEXT, kind TEXT NOT NULL, "
+            "body BLOB NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID"
+        )
+        db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        db.commit()
+
+
 def expected(n: int, after: int | None, before: int | None, limit: int) -> tuple[list[int], bool]:
     """What ``history`` means, written as plainly as possible."""
     hi = before if before is not None else n + 1
@@ -104,18 +116,10 @@ def test_a_store_of_one_row_per_event_is_upgraded(tmp_path: Path) -> None:
     """zchat 0.1 kept an ``events`` table; opening it moves every event into
     segments, keeps the topics, and drops the old table."""
     path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    db.execute(
-        "CREATE TABLE events (room TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, "
-        "sender TEXT, req_id TEXT, kind TEXT NOT NULL, body BLOB NOT NULL, "
-        "PRIMARY KEY (room, seq)) WITHOUT ROWID"
-    )
     rows = [("r", s, 1000.0 + s, "alice", f"m{s}", "msg", body("r", s)) for s in range(1, 601)]
     topic = msgspec.json.encode({"type": "topic", "room": "dev", "seq": 1, "topic": "old"})
     rows.append(("dev", 1, 5.0, None, None, "topic", topic))
-    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    db.commit()
-    db.close()
+    old_store(path, rows)
     store = Store(str(path))
     assert {r: (s.last_seq, s.topic) for r, s in store.rooms().items()} == {
         "r": (600, ""),
@@ -150,16 +154,8 @@ def test_an_idle_store_holds_no_write_lock(tmp_path: Path) -> None:
 
 def test_an_upgrade_that_fails_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    db = sqlite3.connect(path)
-    db.execute(
-        "CREATE TABLE events (room TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, "
-        "sender TEXT, req_id TEXT, kind TEXT NOT NULL, body BLOB NOT NULL, "
-        "PRIMARY KEY (room, seq)) WITHOUT ROWID"
-    )
-    db.execute("INSERT INTO events VALUES ('r', 1, 1.0, NULL, NULL, 'msg', ?)", (body("r", 1),))
-    db.execute("INSERT INTO events VALUES ('r', 2, 2.0, NULL, NULL, 'topic', x'7b')")  # "{"
-    db.commit()
-    db.close()
+    old_store(path, [("r", 1, 1.0, None, None, "msg", body("r", 1))])
+    old_store(path, [("r", 2, 2.0, None, None, "topic", b"{")])  # not JSON
     with pytest.raises(msgspec.DecodeError):
         Store(str(path))
     db = sqlite3.connect(path)
