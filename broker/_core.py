@@ -571,6 +571,7 @@ class Core:
                 room=req.room,
                 events=[msgspec.Raw(b) for b in bodies],
                 more=more,
+                first=self.store.first_seq(req.room),
             ),
         )
 

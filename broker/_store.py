@@ -310,6 +310,12 @@ class Store:
         found = [b for chunk in reversed(chunks) for b in chunk]
         return found[len(found) - limit :] if len(found) > limit else found, count > limit
 
+    def first_seq(self, room: str) -> int | None:
+        """The seq of the oldest event kept for ``room``, None when none is."""
+        self.flush()
+        row = self._db.execute("SELECT MIN(first) FROM segments WHERE room = ?", (room,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
     def recent_events(self, since: float) -> Iterator[bytes]:
         """The bodies of events stored since ``since`` (and perhaps a few
         before it: a segment is dated by its newest event)."""

@@ -287,6 +287,10 @@ class HistoryReply(_Reply, tag="history", kw_only=True):
     room: str
     events: list[msgspec.Raw]
     more: bool
+    # Addition: the seq of the oldest event the store still holds for the
+    # room (None when it holds none). A client missing events before it
+    # knows they are gone for good, rather than late.
+    first: int | None = None
 
 
 class NickReply(_Reply, tag="nick", kw_only=True):

@@ -375,6 +375,10 @@ def test_history_older_than_the_retention_goes_and_numbering_goes_on() -> None:
     w.expire()
     h = w.ask(b"a", m.History(room="general"))
     assert [msgspec.json.decode(e)["seq"] for e in h.events] == [last.seq]
+    # What a client missing seq 2 learns: the store starts past it, for good.
+    gone = w.ask(b"a", m.History(room="general", after=1))
+    assert gone.first == last.seq and h.first == last.seq
+    assert w.ask(b"a", m.History(room="nowhere")).first is None
     assert w.ask(b"a", m.Say(room="general", text="next")).seq == last.seq + 1
 
 
