@@ -3,19 +3,21 @@
 Run it with ``zchat-broker`` (or ``python -m broker``).
 """
 
-from ._core import VERSION, Config, Core, Outbox, Session, error_reply
-from ._server import Options, Server, is_loopback
-from ._store import Store
+from ._config import Config
+from ._core import VERSION, Core, Outbox, Session, error_reply
+from ._server import Server, is_loopback
+from ._store import Store, StoreError, StoreFull
 
 __all__ = [
     "VERSION",
     "Config",
     "Core",
-    "Options",
     "Outbox",
     "Server",
     "Session",
     "Store",
+    "StoreError",
+    "StoreFull",
     "error_reply",
     "is_loopback",
 ]

@@ -1,52 +1,30 @@
-"""``zchat-broker``: the command line."""
+"""``zchat-broker``: the command line.
+
+Its flags are the fields of :class:`~._config.Config`, so ``--help`` and the
+defaults cannot drift apart. Subcommands: ``keygen`` writes a CURVE key
+pair; ``nick`` lists and releases nick claims in a store.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 
 import zmq
 
+from messages import nick_key
+
+from ._config import add_flags, default_store, from_args
 from ._core import VERSION
-from ._server import Options, Server
+from ._server import Server
+from ._store import StoreError
 
 MIN_LIBZMQ = (4, 3, 5)
-
-
-def default_store() -> str:
-    """``$XDG_DATA_HOME/zchat/broker.db``: history kept per user, not per folder."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return os.path.join(base, "zchat", "broker.db")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (off) or more, not {text}")
-    return value
-
-
-def _retain(text: str) -> float:
-    value = float(text)
-    # Resends are answered for ten minutes, from the ids the stored events
-    # carry: history must outlive that.
-    if value != 0 and value < 1 / 24:
-        raise argparse.ArgumentTypeError(
-            f"must be 0 (keep all) or at least 1/24 (an hour), not {text}"
-        )
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,126 +33,12 @@ def parser() -> argparse.ArgumentParser:
         description="The zchat broker: takes requests on a ROUTER socket and "
         "publishes room events on a PUB socket. Logs to stderr; stops cleanly "
         "on SIGINT or SIGTERM.",
-        epilog="Subcommand: 'zchat-broker keygen DIR [--name NAME]' writes a CURVE key pair.",
+        epilog="Subcommands: 'zchat-broker keygen DIR [--name NAME]' writes a CURVE key "
+        "pair; 'zchat-broker nick list|release NICK [--store PATH]' shows or frees "
+        "nick claims.",
     )
-    p.add_argument(
-        "--bind",
-        default="tcp://*:5555",
-        metavar="EP",
-        help="where clients send requests (ROUTER; default %(default)s)",
-    )
-    p.add_argument(
-        "--publish",
-        default="tcp://*:5556",
-        metavar="EP",
-        help="where room events are published (PUB; default %(default)s)",
-    )
-    p.add_argument(
-        "--advertise",
-        metavar="EP",
-        help="the events endpoint to tell clients in 'welcome', when the "
-        "bound address is not what they can reach (default: the --publish "
-        "address; a wildcard host is replaced by clients)",
-    )
-    p.add_argument(
-        "--store",
-        default=None,
-        metavar="PATH",
-        help="the SQLite history store; ':memory:' keeps nothing across "
-        f"restarts (default {default_store()})",
-    )
-    p.add_argument(
-        "--retain-days",
-        type=_retain,
-        default=0.0,
-        metavar="D",
-        help="drop room history older than D days (each room keeps at least its "
-        "newest events); 0 keeps everything (default)",
-    )
-    p.add_argument(
-        "--fsync",
-        action="store_true",
-        help="flush every commit to disk, surviving a power cut as well as a crash (slower)",
-    )
-    p.add_argument(
-        "--timeout-ms",
-        type=_positive,
-        default=15_000,
-        metavar="N",
-        help="end a session silent this long, with a 'timeout' leave (default %(default)s)",
-    )
-    p.add_argument(
-        "--dedup-max",
-        type=_positive,
-        default=2_000_000,
-        metavar="N",
-        help="request ids remembered for answering resends (ten minutes' worth, "
-        "but at most this many; about 250 bytes each; default %(default)s)",
-    )
-    p.add_argument(
-        "--heartbeat-ms",
-        type=_positive,
-        default=5_000,
-        metavar="N",
-        help="how often clients are asked to send at least a ping (default %(default)s)",
-    )
-    p.add_argument(
-        "--rate",
-        type=_rate,
-        default=20.0,
-        metavar="N",
-        help="say/pm/nick/topic requests per second per session; 0 turns "
-        "the limit off (default %(default)s)",
-    )
-    p.add_argument(
-        "--burst",
-        type=_positive,
-        default=40,
-        metavar="N",
-        help="how many requests may come at once before --rate applies (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-text",
-        type=_positive,
-        default=4_000,
-        metavar="N",
-        help="longest text in characters (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-msg-bytes",
-        type=_positive,
-        default=65_536,
-        metavar="N",
-        help="largest request frame; ZeroMQ disconnects a peer that sends "
-        "more (default %(default)s)",
-    )
-    p.add_argument(
-        "--pub-hwm",
-        type=int,
-        default=100_000,
-        metavar="N",
-        help="events queued per subscriber before PUB drops (clients then "
-        "repair from history; default %(default)s)",
-    )
-    p.add_argument(
-        "--ready-file",
-        metavar="PATH",
-        help="once listening, write the bound endpoints there as JSON "
-        "(for scripts and tests that bind port 0 or '*')",
-    )
-    p.add_argument(
-        "--curve-secret",
-        metavar="FILE",
-        help="turn CURVE encryption on for both sockets, with this secret "
-        "certificate (from 'zchat-broker keygen')",
-    )
-    p.add_argument(
-        "--allow-keys",
-        metavar="DIR",
-        help="with --curve-secret: admit only clients whose public "
-        "certificates are in DIR (re-read on SIGHUP)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    add_flags(p)
+    p.set_defaults(store=None)
     p.add_argument("--version", action="version", version=f"zchat-broker {VERSION}")
     return p
 
@@ -189,12 +53,59 @@ def libzmq_problem(version: tuple[int, ...]) -> str | None:
     return None
 
 
+def nick_main(argv: Sequence[str]) -> int:
+    """``zchat-broker nick list`` and ``zchat-broker nick release NICK``.
+
+    Works beside a running broker: the broker reads a claim from the store
+    again before it refuses anyone, so a release takes effect at once.
+    """
+    p = argparse.ArgumentParser(
+        prog="zchat-broker nick",
+        description="Nick claims (with CURVE, a nick belongs to the first key that used it).",
+    )
+    p.add_argument("action", choices=("list", "release"))
+    p.add_argument("nick", nargs="?", help="the nick to release")
+    p.add_argument("--store", default=default_store(), metavar="PATH", help="%(default)s")
+    args = p.parse_args(argv)
+    if not os.path.exists(args.store):
+        print(f"zchat-broker nick: no store at {args.store}", file=sys.stderr)
+        return 1
+    try:
+        db = sqlite3.connect(args.store, timeout=10)
+        if args.action == "list":
+            rows = db.execute("SELECT nick, key, used FROM nick_keys ORDER BY nick").fetchall()
+            for nick, key, used in rows:
+                when = (
+                    datetime.datetime.fromtimestamp(used, datetime.timezone.utc).strftime(
+                        "%Y-%m-%d"
+                    )
+                    if used
+                    else "?"
+                )
+                print(f"{nick}\t{key}\tlast used {when}")
+            return 0
+        if not args.nick:
+            p.error("release needs a NICK")
+        with db:
+            cur = db.execute("DELETE FROM nick_keys WHERE nick = ?", (nick_key(args.nick),))
+        if cur.rowcount == 0:
+            print(f"zchat-broker nick: {args.nick} is not claimed", file=sys.stderr)
+            return 1
+        print(f"released {args.nick}: the next key to use it claims it")
+        return 0
+    except sqlite3.Error as err:
+        print(f"zchat-broker nick: {args.store}: {err}", file=sys.stderr)
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["keygen"]:
         from ._keys import keygen_main
 
         return keygen_main(args[1:])
+    if args[:1] == ["nick"]:
+        return nick_main(args[1:])
     opts = parser().parse_args(args)
     logging.basicConfig(
         level=logging.WARNING if opts.quiet else logging.INFO,
@@ -211,28 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     store = opts.store or default_store()
     if store != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(store)), exist_ok=True)
-    options = Options(
-        bind=opts.bind,
-        publish=opts.publish,
-        advertise=opts.advertise,
-        store=store,
-        fsync=opts.fsync,
-        heartbeat_ms=opts.heartbeat_ms,
-        timeout_ms=opts.timeout_ms,
-        rate=opts.rate,
-        burst=opts.burst,
-        max_text=opts.max_text,
-        max_msg_bytes=opts.max_msg_bytes,
-        pub_hwm=opts.pub_hwm,
-        ready_file=opts.ready_file,
-        curve_secret=opts.curve_secret,
-        allow_keys=opts.allow_keys,
-        dedup_max=opts.dedup_max,
-        retain_days=opts.retain_days,
-    )
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(store)), exist_ok=True)
+        except OSError as err:
+            log.error("cannot make the store's folder for %s: %s", store, err.strerror)
+            return 1
+    config = from_args(opts, store=store)
     try:
-        server = Server(options)
+        server = Server(config)
+    except StoreError as err:
+        log.error("%s", err)
+        return 1
     except zmq.ZMQError as err:
         log.error("cannot listen: %s (is another broker running on these ports?)", err)
         return 1

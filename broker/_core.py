@@ -1,17 +1,31 @@
 """The broker's state machine, with no sockets and no clock.
 
 Theory of operation. The ZeroMQ shell receives a batch of frames, decodes
-each into a request and calls :meth:`Core.handle` with the sender's routing
-id and the time it read once for the batch. The core changes its state and
-writes what must go out into an :class:`Outbox`: replies and pushes for
-DEALERs, and room events. Each event is numbered (``seq``, per room, from
-the store's last number on), encoded once, and added to the store's batch.
-The shell then commits the store and only then publishes the events and
-sends the replies, so nothing is seen before it is durable.
+each into a request and calls the handler of :meth:`Core.batch` with the
+sender's routing id and the time it read once for the batch. The core
+changes its state and writes what must go out into an :class:`Outbox`:
+replies and pushes for DEALERs, and room events. Each event is numbered
+(``seq``, per room, from the store's last number on), encoded once, and
+added to the store's batch. The shell then commits the store and only then
+publishes the events and sends the replies, so nothing is seen before it is
+durable. When the store cannot take writes (its disk is full), the shell
+sets :attr:`Core.read_only` and every request that would write is refused
+with ``unavailable`` before it changes anything.
 
 A session belongs to a routing id; its nick is unique, compared case-
-insensitively. Sessions are kept in order of last activity, so expiring the
-silent ones (:meth:`Core.expire`) looks only at the oldest.
+insensitively and by look (:func:`messages.nick_skeleton`). Sessions are kept
+in order of last activity, so expiring the silent ones (:meth:`Core.expire`)
+looks only at the oldest.
+
+Everything a client can make the broker hold is bounded (see ``_config.py``):
+requests that make events or work cost a token from the session's bucket and
+from the bucket its client address shares with its other sessions; a new
+session starts with what the last one from its address left, so quitting
+and coming back refills nothing; an address has a bucket for new sessions
+and a number of sessions; a session has a number of rooms, the broker a
+number of rooms with people in them (an empty room is forgotten from memory;
+its history and topic stay in the store), private messages held for absent
+recipients are bounded in bytes, and long replies come in pages.
 
 Repeated ``say`` and ``pm`` requests (same nick, same ``id``, within ten
 minutes) are answered with the first ``ack`` and change nothing (see
@@ -26,8 +40,9 @@ import hmac
 import math
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -81,44 +96,68 @@ from messages import (
     encode,
     format_ts,
     nick_key,
+    nick_skeleton,
     parse_ts,
     room_topic,
 )
 
-from ._recent import DEDUP_S, Recent, dedup_key
+from ._claims import Claims
+from ._config import KIB, MIB, Config
+from ._recent import DEDUP_S, ENTRY_MAX_BYTES, Recent, dedup_key
 from ._store import Store
 
 VERSION = "0.1.0"
-HELD_MAX = 1000  # private messages kept for a session that cannot be reached
+# Room members listed in a ``rooms`` reply, per room; ``member_count`` has all.
+ROOMS_MEMBERS_MAX = 50
+# Room of a reply's page left for its envelope (type, id, room, more...).
+ENVELOPE_BYTES = 512
+# How soon a writer refused for a full store should try again.
+UNAVAILABLE_RETRY_MS = 1_000
+T = TypeVar("T")
 
 
 class BatchHandler(Protocol):
     """Handles one request of a batch (see :meth:`Core.batch`)."""
 
-    def __call__(self, ident: bytes, req: Request, peer_key: str | None = None) -> None: ...
+    def __call__(
+        self, ident: bytes, req: Request, peer_key: str | None = None, addr: str | None = None
+    ) -> None: ...
 
 
-@dataclass(frozen=True)
-class Config:
-    """What the broker promises its clients; every field has a flag."""
+class Address:
+    """What the sessions of one client address share: a token bucket for
+    what they do, one for opening sessions, and a count of sessions. The
+    level a session's own bucket had when it ended is carried over to the
+    next session from the address, so a new session refills nothing."""
 
-    events: str = "tcp://127.0.0.1:5556"
-    name: str = "zchat"
-    heartbeat_ms: int = 5_000
-    timeout_ms: int = 15_000
-    rate: float = 20.0
-    burst: int = 40
-    max_text: int = 4_000
-    max_msg_bytes: int = 65_536
-    curve: bool = False
-    dedup_max: int = 2_000_000
-    retain_s: float = 0.0  # history kept this long; 0 keeps it all
+    __slots__ = (
+        "carry",
+        "carry_at",
+        "hello_at",
+        "hellos",
+        "name",
+        "refilled",
+        "sessions",
+        "tokens",
+    )
+
+    def __init__(self, name: str, now: float, burst: int, hello_burst: int) -> None:
+        self.name = name
+        self.sessions = 0
+        self.tokens = float(burst)
+        self.refilled = now
+        self.hellos = float(hello_burst)
+        self.hello_at = now
+        self.carry: float | None = None  # tokens the last ended session had left
+        self.carry_at = now
 
 
 class Session:
     __slots__ = (
+        "addr",
         "dedup",
         "held",
+        "held_bytes",
         "ident",
         "key",
         "last_active",
@@ -128,28 +167,40 @@ class Session:
         "peer_key",
         "refilled",
         "rooms",
+        "skeleton",
         "token",
         "tokens",
     )
 
-    def __init__(self, ident: bytes, nick: str, now: float, burst: int, peer_key: str | None):
+    def __init__(
+        self,
+        ident: bytes,
+        nick: str,
+        now: float,
+        tokens: float,
+        peer_key: str | None,
+        addr: Address,
+    ) -> None:
         self.ident = ident
         self.rename(nick)
         self.token = secrets.token_urlsafe(18)
         self.rooms: dict[str, None] = {}  # an ordered set: join order
         self.last_seen = now
         self.last_active = now
-        self.tokens = float(burst)
+        self.tokens = tokens
         self.refilled = now
         self.peer_key = peer_key
+        self.addr = addr
         self.offer: list[Any] = []
         # Private messages the ROUTER could not deliver (the connection was
         # gone or full), sent again when the session is next heard from.
         self.held: list[bytes] = []
+        self.held_bytes = 0
 
     def rename(self, nick: str) -> None:
         self.nick = nick
         self.key = nick_key(nick)
+        self.skeleton = nick_skeleton(nick)
         # A request id appended to this is the request's key in Core.recent.
         self.dedup = dedup_key(self.key, "")
 
@@ -173,25 +224,34 @@ class Outbox:
     frame)`` for the ROUTER, ``events`` are ``(topic, frame)`` for the PUB.
     ``pushes`` are private messages for the ROUTER: one the ROUTER cannot
     deliver goes back to the core (:meth:`Core.hold`) rather than away.
+    ``bulk`` counts, per routing id, the bytes of replies other than the
+    acks of ``say``: the shell holds them against the peer's send queue.
     """
 
     replies: list[tuple[bytes, bytes]] = field(default_factory=list)
     events: list[tuple[bytes, bytes]] = field(default_factory=list)
     notices: list[bytes] = field(default_factory=list)
     pushes: list[tuple[bytes, bytes]] = field(default_factory=list)
+    bulk: dict[bytes, int] = field(default_factory=dict)
 
     def reply(self, ident: bytes, msg: msgspec.Struct) -> None:
-        self.replies.append((ident, encode(msg)))
+        frame = encode(msg)
+        self.replies.append((ident, frame))
+        self.bulk[ident] = self.bulk.get(ident, 0) + len(frame)
 
     def clear(self) -> None:
         self.replies.clear()
         self.events.clear()
         self.notices.clear()
         self.pushes.clear()
+        self.bulk.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.replies or self.events or self.notices or self.pushes)
 
 
 class Core:
-    """Sessions, rooms, sequence numbers, rate limits, dedup and timeouts.
+    """Sessions, rooms, sequence numbers, limits, dedup and timeouts.
 
     Args:
         config: limits and timings, as announced in ``welcome``.
@@ -206,13 +266,25 @@ class Core:
         self.epoch = epoch or secrets.token_hex(6)
         self.sessions: OrderedDict[bytes, Session] = OrderedDict()
         self.nicks: dict[str, Session] = {}
-        self.rooms: dict[str, Room] = {
-            name: Room(name, st.last_seq, st.topic) for name, st in store.rooms().items()
-        }
-        self.recent = Recent(config.dedup_max)
-        self.nick_owners: dict[str, str] = store.nick_keys() if config.curve else {}
-        self._next_gc = 0.0  # when to next drop expired pm ids from the store
-        self._limited = config.rate > 0
+        self.skeletons: dict[str, Session] = {}
+        self.rooms: dict[str, Room] = {}  # the rooms with people in them
+        self.addresses: dict[str, Address] = {}
+        self._idle_addresses: set[str] = set()
+        self.recent = Recent(min(config.dedup_max, config.dedup_mb * MIB // ENTRY_MAX_BYTES))
+        self.claims: Claims | None = None
+        if config.curve:
+            self.claims = Claims(
+                store,
+                per_key=config.nicks_per_key,
+                lapse_days=config.nick_claim_days,
+                bounded=config.allow_keys is None,
+            )
+        self.read_only = False  # set by the shell while the store takes no writes
+        self.held_total = 0
+        self._held_max = config.held_pm_kb * KIB
+        self._held_total_max = config.held_pm_mb * MIB
+        self._page = max(1024, config.max_reply_bytes - ENVELOPE_BYTES)
+        self._limited = config.limited
         self._encode = BufferedEncoder().encode  # the broker's loop is one thread
         self._welcome_tail = dict(
             server=ServerInfo(
@@ -242,8 +314,8 @@ class Core:
                 found.append((_epoch_of(ev.ts), dedup_key(nick_key(ev.from_), ev.id), encode(ack)))
         for sender, req_id, frame in self.store.recent_pm_acks(since):
             reply = decode_reply(frame)
-            assert isinstance(reply, Ack)
-            found.append((_epoch_of(reply.ts), dedup_key(sender, req_id), frame))
+            if isinstance(reply, Ack):
+                found.append((_epoch_of(reply.ts), dedup_key(sender, req_id), frame))
         found.sort(key=lambda f: f[0])
         for at, key, frame in found:
             if at >= since and key not in self.recent:
@@ -260,19 +332,21 @@ class Core:
         out: Outbox,
         *,
         peer_key: str | None = None,
+        addr: str | None = None,
     ) -> None:
         """Handle one decoded request from ``ident``, received at ``now``.
 
         ``peer_key`` is the CURVE public key the connection authenticated
-        with, taken by the shell from the frame, never from the message.
-        A batch of one: the shell uses :meth:`batch` for many.
+        with, and ``addr`` the client's network address, both taken by the
+        shell from the frame, never from the message. A batch of one: the
+        shell uses :meth:`batch` for many.
         """
-        self.batch(now, out)(ident, req, peer_key)
+        self.batch(now, out)(ident, req, peer_key, addr)
 
     def batch(self, now: float, out: Outbox) -> BatchHandler:
         """The handler of one batch of requests read at ``now``:
-        ``handle(ident, req, peer_key=None)`` does what :meth:`handle` does,
-        into ``out``.
+        ``handle(ident, req, peer_key=None, addr=None)`` does what
+        :meth:`handle` does, into ``out``.
 
         A busy broker's batches are mostly ``say``, and the handler takes
         them on a path of its own, with what a say needs (the maps, the
@@ -287,11 +361,14 @@ class Core:
         spend = self._spend if self._limited else None
         ts = format_ts(now)
         general = self._handle
+        read_only = self.read_only
 
-        def handle(ident: bytes, req: Request, peer_key: str | None = None) -> None:
+        def handle(
+            ident: bytes, req: Request, peer_key: str | None = None, addr: str | None = None
+        ) -> None:
             s = sessions.get(ident)
-            if type(req) is not Say or s is None or peer_key != s.peer_key:
-                general(ident, req, now, out, peer_key)
+            if type(req) is not Say or s is None or peer_key != s.peer_key or read_only:
+                general(ident, req, now, out, peer_key, addr)
                 return
             s.last_seen = s.last_active = now
             sessions.move_to_end(ident)
@@ -336,16 +413,22 @@ class Core:
         return handle
 
     def _handle(
-        self, ident: bytes, req: Request, now: float, out: Outbox, peer_key: str | None
+        self,
+        ident: bytes,
+        req: Request,
+        now: float,
+        out: Outbox,
+        peer_key: str | None,
+        addr: str | None,
     ) -> None:
         session = self.sessions.get(ident)
         if session is None:
-            self._sessionless(ident, req, now, out, peer_key)
+            self._sessionless(ident, req, now, out, peer_key, addr)
             return
         if peer_key != session.peer_key:
             # With CURVE, a session answers only to the key that made it: a
             # connection that took its routing id over with another key
-            # (ROUTER_HANDOVER) gets nothing of it.
+            # gets nothing of it.
             out.reply(
                 ident,
                 _error(
@@ -362,21 +445,35 @@ class Core:
         try:
             if kind is not Ping:
                 session.last_active = now
-                if req.rate_limited and self._limited:
+                if self.read_only and kind in _WRITES:
+                    raise ProtocolError(
+                        Code.UNAVAILABLE,
+                        "the broker's store is full: nothing can be written until it has "
+                        "room again (reading works)",
+                        retry_ms=UNAVAILABLE_RETRY_MS,
+                    )
+                cost = _COST[kind]
+                if cost and self._limited:
                     rid = req.id
                     # A resend is answered from memory, whatever the bucket says.
                     if rid is None or session.dedup + rid not in self.recent:
-                        self._spend(session, now)
+                        self._spend(session, now, cost)
             _HANDLERS[kind](self, session, req, now, out)
         except ProtocolError as err:
             out.reply(ident, _error(err, req.id))
 
     def _sessionless(
-        self, ident: bytes, req: Request, now: float, out: Outbox, peer_key: str | None
+        self,
+        ident: bytes,
+        req: Request,
+        now: float,
+        out: Outbox,
+        peer_key: str | None,
+        addr: str | None,
     ) -> None:
         try:
             if isinstance(req, Hello):
-                self._hello(ident, req, now, out, peer_key)
+                self._hello(ident, req, now, out, peer_key, addr or "")
             elif isinstance(req, Ping):
                 out.reply(ident, Pong(id=req.id, epoch=self.epoch, ts=format_ts(now), seqs={}))
             else:
@@ -386,33 +483,105 @@ class Core:
         except ProtocolError as err:
             out.reply(ident, _error(err, req.id))
 
-    def _spend(self, s: Session, now: float) -> None:
-        rate, burst = self.config.rate, self.config.burst
-        s.tokens = min(float(burst), s.tokens + (now - s.refilled) * rate)
-        s.refilled = now
-        if s.tokens < 1.0:
-            retry_ms = max(1, math.ceil((1.0 - s.tokens) / rate * 1000))
+    # ------------------------------------------------------------ limits
+
+    def _spend(self, s: Session, now: float, n: int = 1) -> None:
+        """Take ``n`` tokens from the session's bucket and its address's."""
+        c = self.config
+        rate, burst = c.rate, c.burst
+        tokens = min(float(burst), s.tokens + (now - s.refilled) * rate)
+        a = s.addr
+        arate = c.address_rate
+        atokens = min(float(c.address_burst), a.tokens + (now - a.refilled) * arate)
+        if tokens < n:
+            retry_ms = max(1, math.ceil((n - tokens) / rate * 1000))
             raise ProtocolError(
                 Code.RATE_LIMITED,
                 f"slow down: at most {rate:g} per second (burst {burst})",
                 retry_ms=retry_ms,
             )
-        s.tokens -= 1.0
+        if arate > 0 and atokens < n:
+            retry_ms = max(1, math.ceil((n - atokens) / arate * 1000))
+            raise ProtocolError(
+                Code.RATE_LIMITED,
+                f"slow down: at most {arate:g} per second from your address, all its "
+                f"sessions together (burst {c.address_burst})",
+                retry_ms=retry_ms,
+            )
+        s.tokens, s.refilled = tokens - n, now
+        a.tokens, a.refilled = atokens - n, now
+
+    def _address(self, name: str, now: float) -> Address:
+        a = self.addresses.get(name)
+        if a is None:
+            c = self.config
+            a = self.addresses[name] = Address(name, now, c.address_burst, c.hello_burst)
+            self._idle_addresses.add(name)
+        return a
+
+    def _admit(self, a: Address, now: float) -> float:
+        """Let a new session in from ``a``, or say why not; returns the
+        tokens its bucket starts with."""
+        c = self.config
+        if a.sessions >= c.sessions_per_address:
+            raise ProtocolError(
+                Code.LIMIT_REACHED,
+                f"{a.sessions} sessions from your address already; the most is "
+                f"{c.sessions_per_address}",
+            )
+        if not self._limited:
+            return float(c.burst)
+        if c.hello_rate > 0:
+            hellos = min(float(c.hello_burst), a.hellos + (now - a.hello_at) * c.hello_rate)
+            if hellos < 1.0:
+                raise ProtocolError(
+                    Code.RATE_LIMITED,
+                    f"too many new sessions from your address: at most {c.hello_rate:g} "
+                    f"per second (burst {c.hello_burst})",
+                    retry_ms=max(1, math.ceil((1.0 - hellos) / c.hello_rate * 1000)),
+                )
+            a.hellos, a.hello_at = hellos - 1.0, now
+        if a.carry is None:
+            return float(c.burst)
+        return min(float(c.burst), a.carry + (now - a.carry_at) * c.rate)
+
+    def _check_nick_free(
+        self, s: Session | None, nick: str, peer_key: str | None, now: float
+    ) -> None:
+        key = nick_key(nick)
+        holder = self.nicks.get(key)
+        if holder is not None and holder is not s:
+            raise ProtocolError(Code.NICK_TAKEN, f"nick {nick!r} is in use")
+        alike = self.skeletons.get(nick_skeleton(nick))
+        if alike is not None and alike is not s and alike is not holder:
+            raise ProtocolError(
+                Code.NICK_TAKEN, f"nick {nick!r} is too much like {alike.nick!r}, who is here"
+            )
+        if self.claims is not None and not self.claims.check(key, peer_key, now):
+            raise ProtocolError(Code.UNAUTHORIZED, f"nick {nick!r} belongs to another key")
+
+    # ------------------------------------------------------------ sessions
 
     def _hello(
-        self, ident: bytes, req: Hello, now: float, out: Outbox, peer_key: str | None
+        self,
+        ident: bytes,
+        req: Hello,
+        now: float,
+        out: Outbox,
+        peer_key: str | None,
+        addr: str,
     ) -> None:
         key = nick_key(req.nick)
-        if self.config.curve:
-            owner = self.nick_owners.get(key)
-            if owner is not None and owner != peer_key:
-                raise ProtocolError(Code.UNAUTHORIZED, f"nick {req.nick!r} belongs to another key")
         holder = self.nicks.get(key)
         if holder is not None:
+            if self.claims is not None and not self.claims.check(key, peer_key, now):
+                raise ProtocolError(Code.UNAUTHORIZED, f"nick {req.nick!r} belongs to another key")
             if req.token is None or not hmac.compare_digest(
                 req.token.encode(), holder.token.encode()
             ):
                 raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
+            if holder.peer_key != peer_key:
+                raise ProtocolError(Code.UNAUTHORIZED, "this session belongs to another key")
             # The owner of the token is back on a new connection: hand the
             # session over, rooms and all, with no leave or join.
             del self.sessions[holder.ident]
@@ -427,30 +596,41 @@ class Core:
             if holder.held:
                 self._release(holder, out)
         else:
-            session = Session(ident, req.nick, now, self.config.burst, peer_key)
+            self._check_nick_free(None, req.nick, peer_key, now)
+            a = self._address(addr, now)
+            tokens = self._admit(a, now)
+            session = Session(ident, req.nick, now, tokens, peer_key, a)
+            a.sessions += 1
+            self._idle_addresses.discard(a.name)
             self.sessions[ident] = session
             self.nicks[key] = session
-            if self.config.curve and peer_key is not None and key not in self.nick_owners:
-                self.nick_owners[key] = peer_key
-                self.store.set_nick_key(key, peer_key)
+            self.skeletons[session.skeleton] = session
+            if self.claims is not None:
+                self.claims.use(key, peer_key, now)
         out.reply(ident, self._welcome(session, req.id))
 
     def hold(self, ident: bytes, push: bytes) -> str | None:
         """Keep a private message the ROUTER could not deliver to ``ident``,
         for when its session is next heard from. Returns the nick it is held
         for, or None if no session has that routing id any more (the
-        message is then lost with it)."""
+        message is then lost with it).
+
+        The bounds are checked before a ``pm`` is accepted (:meth:`_pm`), so
+        what was acknowledged is always held; a batch may go past them by
+        what it carried."""
         s = self.sessions.get(ident)
         if s is None:
             return None
         s.held.append(push)
-        if len(s.held) > HELD_MAX:
-            del s.held[0]  # a session away this long keeps the newest
+        s.held_bytes += len(push)
+        self.held_total += len(push)
         return s.nick
 
     def _release(self, s: Session, out: Outbox) -> None:
         out.pushes.extend((s.ident, push) for push in s.held)
         s.held.clear()
+        self.held_total -= s.held_bytes
+        s.held_bytes = 0
 
     def _welcome(self, s: Session, rid: str | None) -> Welcome:
         return Welcome(id=rid, nick=s.nick, token=s.token, **self._welcome_tail)
@@ -463,6 +643,8 @@ class Core:
             )
         out.reply(s.ident, self._welcome(s, req.id))
 
+    # --------------------------------------------------------------- rooms
+
     def _event(self, room: Room, ev: msgspec.Struct, now: float, out: Outbox) -> None:
         """Store and publish ``ev``, numbered ``room.seq``: encoded once, the
         same bytes for both."""
@@ -474,27 +656,52 @@ class Core:
         room.seq += 1
         return room.seq
 
+    def _room(self, name: str) -> Room:
+        """The room, brought back from the store if nobody is in it."""
+        room = self.rooms.get(name)
+        if room is not None:
+            return room
+        if len(self.rooms) >= self.config.max_rooms:
+            raise ProtocolError(
+                Code.LIMIT_REACHED,
+                f"the broker has {len(self.rooms)} rooms with people in them, its most; "
+                "join one of them",
+            )
+        state = self.store.room_state(name)
+        room = Room(name) if state is None else Room(name, state.last_seq, state.topic)
+        self.rooms[name] = room
+        return room
+
     def _join(self, s: Session, req: Join, now: float, out: Outbox) -> None:
-        room = self.rooms.get(req.room)
-        if room is None:
-            room = self.rooms[req.room] = Room(req.room)
         if req.room in s.rooms:
+            room = self.rooms[req.room]
             seq = room.seq
         else:
+            limit = self.config.rooms_per_session
+            if len(s.rooms) >= limit:
+                raise ProtocolError(
+                    Code.LIMIT_REACHED,
+                    f"you are in {len(s.rooms)} rooms, the most one session may be in",
+                )
+            if self._limited:
+                self._spend(s, now)
+            room = self._room(req.room)
             s.rooms[req.room] = None
             room.members[s] = None
             seq = self._next(room)
             self._event(
                 room, JoinEvent(room=room.name, seq=seq, ts=format_ts(now), nick=s.nick), now, out
             )
+        members = _fit([m.nick for m in room.members], self._page - len(room.topic.encode()) * 2)
         out.reply(
             s.ident,
             Joined(
                 id=req.id,
                 room=room.name,
                 topic=room.topic,
-                members=[m.nick for m in room.members],
+                members=members,
                 seq=seq,
+                member_count=len(room.members) if len(members) < len(room.members) else None,
             ),
         )
 
@@ -509,6 +716,9 @@ class Core:
             now,
             out,
         )
+        if not room.members:
+            # Its numbering and topic are in the store, for when someone comes back.
+            del self.rooms[room_name]
 
     def _part(self, s: Session, req: Part, now: float, out: Outbox) -> None:
         self._member(s, req.room)
@@ -537,6 +747,18 @@ class Core:
             raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.to!r} is online")
         ts = format_ts(now)
         push = encode(PmPush(from_=s.nick, to=target.nick, text=req.text, ts=ts))
+        if target.held and (
+            target.held_bytes + len(push) > self._held_max
+            or self.held_total + len(push) > self._held_total_max
+        ):
+            # The recipient is away and what waits for it is at its bound:
+            # refuse now, before acknowledging, rather than lose it later.
+            raise ProtocolError(
+                Code.UNAVAILABLE,
+                f"{target.nick} is not reading and {target.held_bytes // KIB} KiB of private "
+                "messages already wait for them",
+                retry_ms=5_000,
+            )
         out.pushes.append((target.ident, push))
         ack = encode(Ack(id=req.id, to=target.nick, ts=ts))
         if req.id is not None:
@@ -546,24 +768,44 @@ class Core:
 
     def _who(self, s: Session, req: Who, now: float, out: Outbox) -> None:
         if req.room is None:
-            members: Any = self.nicks.values()
+            members: Iterable[Session] = self.nicks.values()
         else:
             room = self.rooms.get(req.room)
             members = room.members if room is not None else ()
-        users = [WhoUser(nick=m.nick, idle_ms=int((now - m.last_active) * 1000)) for m in members]
-        out.reply(s.ident, WhoReply(id=req.id, room=req.room, users=users))
+        users, more = _page(
+            sorted(members, key=lambda m: m.key),
+            lambda m: m.key,
+            req.after,
+            lambda m: WhoUser(nick=m.nick, idle_ms=int((now - m.last_active) * 1000)),
+            self._page,
+        )
+        out.reply(s.ident, WhoReply(id=req.id, room=req.room, users=users, more=more))
 
     def _rooms(self, s: Session, req: Rooms, now: float, out: Outbox) -> None:
-        rooms = [
-            RoomInfo(name=r.name, topic=r.topic, members=[m.nick for m in r.members])
-            for r in sorted(self.rooms.values(), key=lambda r: r.name)
-            if r.members
-        ]
-        out.reply(s.ident, RoomsReply(id=req.id, rooms=rooms))
+        def info(r: Room) -> RoomInfo:
+            names = [m.nick for m in r.members]
+            shown = names[:ROOMS_MEMBERS_MAX]
+            return RoomInfo(
+                name=r.name,
+                topic=r.topic,
+                members=shown,
+                member_count=len(names) if len(shown) < len(names) else None,
+            )
+
+        rooms, more = _page(
+            sorted(self.rooms.values(), key=lambda r: r.name),
+            lambda r: r.name,
+            req.after,
+            info,
+            self._page,
+        )
+        out.reply(s.ident, RoomsReply(id=req.id, rooms=rooms, more=more))
 
     def _history(self, s: Session, req: History, now: float, out: Outbox) -> None:
         limit = min(req.effective_limit, HISTORY_MAX)
-        bodies, more = self.store.history(req.room, after=req.after, before=req.before, limit=limit)
+        bodies, more = self.store.history(
+            req.room, after=req.after, before=req.before, limit=limit, max_bytes=self._page
+        )
         out.reply(
             s.ident,
             HistoryReply(
@@ -577,21 +819,21 @@ class Core:
 
     def _nick(self, s: Session, req: Nick, now: float, out: Outbox) -> None:
         new_key = nick_key(req.nick)
-        holder = self.nicks.get(new_key)
-        if holder is not None and holder is not s:
-            raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
-        if self.config.curve:
-            owner = self.nick_owners.get(new_key)
-            if owner is not None and owner != s.peer_key:
-                raise ProtocolError(Code.UNAUTHORIZED, f"nick {req.nick!r} belongs to another key")
+        self._check_nick_free(s, req.nick, s.peer_key, now)
         old = s.nick
         if req.nick != old:
+            if self._limited:
+                # One event per room: the change costs a token per room, up
+                # to a full bucket.
+                self._spend(s, now, max(1, min(len(s.rooms), self.config.burst)))
             del self.nicks[s.key]
+            if self.skeletons.get(s.skeleton) is s:
+                del self.skeletons[s.skeleton]
             s.rename(req.nick)
             self.nicks[new_key] = s
-            if self.config.curve and s.peer_key is not None and new_key not in self.nick_owners:
-                self.nick_owners[new_key] = s.peer_key
-                self.store.set_nick_key(new_key, s.peer_key)
+            self.skeletons[s.skeleton] = s
+            if self.claims is not None:
+                self.claims.use(new_key, s.peer_key, now)
             ts = format_ts(now)
             for name in s.rooms:
                 room = self.rooms[name]
@@ -627,17 +869,23 @@ class Core:
 
     def _commands(self, s: Session, req: Commands, now: float, out: Outbox) -> None:
         if req.room is None:
-            members: Any = self.nicks.values()
+            members: Iterable[Session] = self.nicks.values()
         else:
             room = self.rooms.get(req.room)
             members = room.members if room is not None else ()
-        found = [
-            CommandInfo(nick=m.nick, name=c.name, usage=c.usage, help=c.help)
-            for m in members
-            for c in m.offer
-        ]
-        found.sort(key=lambda c: (c.name, nick_key(c.nick)))
-        out.reply(s.ident, CommandsReply(id=req.id, room=req.room, commands=found))
+        offered = sorted(
+            ((c, m) for m in members for c in m.offer), key=lambda cm: (cm[0].name, cm[1].key)
+        )
+        found, more = _page(
+            offered,
+            lambda cm: f"{cm[0].name} {cm[1].key}",
+            req.after,
+            lambda cm: CommandInfo(
+                nick=cm[1].nick, name=cm[0].name, usage=cm[0].usage, help=cm[0].help
+            ),
+            self._page,
+        )
+        out.reply(s.ident, CommandsReply(id=req.id, room=req.room, commands=found, more=more))
 
     def _bye(self, s: Session, req: Bye, now: float, out: Outbox) -> None:
         out.reply(s.ident, ByeReply(id=req.id))
@@ -648,29 +896,60 @@ class Core:
             self._leave(s, name, reason, now, out)
         del self.sessions[s.ident]
         del self.nicks[s.key]
+        if self.skeletons.get(s.skeleton) is s:
+            del self.skeletons[s.skeleton]
+        self.held_total -= s.held_bytes
+        a = s.addr
+        a.sessions -= 1
+        # What the session left in its bucket is what the next one from its
+        # address starts with: quitting and coming back refills nothing.
+        c = self.config
+        left = min(float(c.burst), s.tokens + (now - s.refilled) * c.rate)
+        if a.carry is None or left < a.carry + (now - a.carry_at) * c.rate:
+            a.carry, a.carry_at = left, now
+        if a.sessions == 0:
+            self._idle_addresses.add(a.name)
 
     # ------------------------------------------------------------- time
 
     def expire(self, now: float, out: Outbox) -> int:
-        """End the sessions silent for ``timeout_ms``; returns how many."""
-        deadline = now - self.config.timeout_ms / 1000
+        """End the sessions silent for ``timeout_ms``; returns how many.
+
+        While the store takes no writes (:attr:`read_only`), sessions wait:
+        ending one publishes events."""
         n = 0
-        while self.sessions:
-            s = next(iter(self.sessions.values()))
-            if s.last_seen > deadline:
-                break
-            out.reply(s.ident, Notice(text="you were disconnected for inactivity"))
-            self._end(s, "timeout", now, out)
-            n += 1
+        if not self.read_only:
+            deadline = now - self.config.timeout_ms / 1000
+            while self.sessions:
+                s = next(iter(self.sessions.values()))
+                if s.last_seen > deadline:
+                    break
+                out.reply(s.ident, Notice(text="you were disconnected for inactivity"))
+                self._end(s, "timeout", now, out)
+                n += 1
         self.recent.expire(now)
-        if now >= self._next_gc:
-            self._next_gc = now + 60.0
-            self.store.forget_pm_ids(now - DEDUP_S)
-            if self.config.retain_s > 0 and self.store.trim(now - self.config.retain_s) > 0:
-                # More may be due: come back in a second, a slice at a time,
-                # rather than stall the loop on a big backlog.
-                self._next_gc = now + 1.0
+        self._forget_addresses(now)
         return n
+
+    def _forget_addresses(self, now: float) -> None:
+        """Drop what is known of addresses with no session once their buckets
+        would be full again anyway."""
+        if not self._idle_addresses:
+            return
+        c = self.config
+        refill_s = max(
+            c.burst / c.rate if c.rate else 0.0,
+            c.address_burst / c.address_rate if c.address_rate else 0.0,
+            c.hello_burst / c.hello_rate if c.hello_rate else 0.0,
+        )
+        for name in [
+            n
+            for n in self._idle_addresses
+            if now - max(self.addresses[n].refilled, self.addresses[n].hello_at) >= refill_s
+            and now - self.addresses[n].carry_at >= refill_s
+        ]:
+            self._idle_addresses.discard(name)
+            del self.addresses[name]
 
     def notice(self, text: str, out: Outbox) -> None:
         """A server-wide notice, published on the ``*`` topic."""
@@ -681,6 +960,40 @@ class Core:
         if not self.sessions:
             return None
         return next(iter(self.sessions.values())).last_seen + self.config.timeout_ms / 1000
+
+
+def _page(
+    items: list[T],
+    key: Callable[[T], str],
+    after: str | None,
+    make: Callable[[T], msgspec.Struct],
+    budget: int,
+) -> tuple[list[Any], bool]:
+    """The items past ``after`` (by ``key``, in the order given), made into
+    reply entries, as many as ``budget`` bytes hold (at least one), and
+    whether more follow."""
+    found: list[Any] = []
+    used = 0
+    for item in items:
+        if after is not None and key(item) <= after:
+            continue
+        entry = make(item)
+        size = len(encode(entry)) + 1
+        if found and used + size > budget:
+            return found, True
+        found.append(entry)
+        used += size
+    return found, False
+
+
+def _fit(names: list[str], budget: int) -> list[str]:
+    """As many of ``names`` as a reply of ``budget`` bytes holds."""
+    used = 0
+    for i, name in enumerate(names):
+        used += len(name) + 3
+        if used > budget:
+            return names[:i]
+    return names
 
 
 def _error(err: ProtocolError, rid: str | None) -> Error:
@@ -716,3 +1029,24 @@ _HANDLERS: dict[type, Any] = {
     Offer: Core._offer,
     Commands: Core._commands,
 }
+# Tokens each request costs before it is handled. Join and nick are charged
+# by their handlers: a join only when it makes an event, a nick change by
+# the number of rooms it is announced in.
+_COST: dict[type, int] = {
+    Hello: 0,
+    Ping: 0,
+    Bye: 0,
+    Join: 0,
+    Nick: 0,
+    Part: 1,
+    Say: 1,
+    Pm: 1,
+    Topic: 1,
+    Offer: 1,
+    History: 1,
+    Who: 1,
+    Rooms: 1,
+    Commands: 1,
+}
+# What writes to the store, and is refused while it cannot take writes.
+_WRITES = frozenset({Join, Part, Say, Pm, Nick, Topic, Bye})

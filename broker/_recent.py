@@ -23,6 +23,10 @@ import math
 from collections import deque
 
 DEDUP_S = 600.0
+# The most one entry can take: a 24-character nick and a 64-character id as
+# the key, the ack's bytes, and the dict's and the group list's share. The
+# broker's memory bound for recent ids counts every entry at this size.
+ENTRY_MAX_BYTES = 400
 
 
 def dedup_key(nick_key: str, request_id: str) -> str:

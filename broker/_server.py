@@ -1,20 +1,30 @@
 """The ZeroMQ shell around the core: one thread, one loop, two sockets.
 
 Each turn of the loop reads every request already waiting on the ROUTER
-(up to a batch limit), hands each to the core, commits the store once, and
-only then publishes the batch's events and sends its replies. A request
-that does not decode is answered with an ``error`` and changes nothing.
+(up to a batch limit in count and in time), hands each to the core, commits
+the store once, and only then publishes the batch's events and sends its
+replies. A request that does not decode is answered with an ``error`` and
+changes nothing; a request whose handling fails costs that request, never
+the broker.
 
 Socket options are set on purpose (see ``shared/zeromq-notes.md``):
 
 * ROUTER: ``ROUTER_MANDATORY`` so a reply to a vanished peer raises instead
   of vanishing, and every send is non-blocking so one slow client cannot
   stall the loop; ``ROUTER_HANDOVER`` so a client that reconnects with its
-  routing id takes over the old pipe; ``MAXMSGSIZE`` set before bind.
-* both: ``LINGER`` bounded, so shutdown never hangs; ZMTP heartbeats, so a
-  half-open TCP connection is closed.
-* PUB: a generous ``SNDHWM``; a subscriber that still falls behind loses
-  events on PUB and repairs them from ``history``.
+  routing id takes over the old pipe, except with CURVE, where a routing id
+  must not pass to a connection of another key (clients then let ZeroMQ
+  choose routing ids and resume sessions by token); ``MAXMSGSIZE`` set
+  before bind; ``LINGER`` 0 while serving, so what a disconnected peer left
+  queued is freed at once (it is set again before closing).
+* both: ZMTP heartbeats, so a half-open TCP connection is closed; a
+  handshake deadline, so a bare TCP connection does not hold a descriptor.
+* the event socket is an XPUB with manual subscriptions: each subscription
+  is checked (a room topic or ``*``, a bounded number per subscriber) before
+  it is applied, so junk costs libzmq nothing; a subscriber that still
+  falls behind loses events at ``--pub-hwm`` and repairs them from history.
+
+Connections themselves are watched by :class:`~._conns.Connections`.
 """
 
 from __future__ import annotations
@@ -26,54 +36,45 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from messages import NOTICE_TOPIC, Code, ProtocolError, decode_request
+from messages import NOTICE_TOPIC, Code, Hello, ProtocolError, Say, decode_request
 
-from ._core import BatchHandler, Config, Core, Outbox, error_reply
+from ._config import Config
+from ._conns import Connections
+from ._core import VERSION, BatchHandler, Core, Outbox, error_reply
 from ._keys import Guard, load_secret, secure
-from ._store import Store
+from ._recent import DEDUP_S
+from ._store import Store, StoreError, StoreFull
 
 log = logging.getLogger("zchat.broker")
 
 BATCH = 4096
+# A batch also ends after this long, so that a flood of costly requests
+# (large frames that fail to decode) cannot hold everyone else's answers.
+BATCH_S = 0.02
 # Plain ints: pyzmq's flag enums cost an Enum call per send on the hot path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _MORE_NOBLOCK = _NOBLOCK | _SNDMORE
+_POLLIN = int(zmq.POLLIN)
+_SUBSCRIBE = int(zmq.SUBSCRIBE)
+_UNSUBSCRIBE = int(zmq.UNSUBSCRIBE)
 # pyzmq's Socket.send is a Python layer (draft-socket routing ids and
 # groups) over the backend's send, and costs 0.3 us more a call than it:
 # the four sends of a say were a quarter of the broker's profile. The hot
 # loop calls the backend's send, with bytes and plain flags only.
 _send = zmq.backend.Socket.send
 LINGER_MS = 500
-
-
-@dataclass(frozen=True)
-class Options:
-    """Everything the command line sets."""
-
-    bind: str = "tcp://*:5555"
-    publish: str = "tcp://*:5556"
-    advertise: str | None = None
-    store: str = ":memory:"
-    fsync: bool = False
-    heartbeat_ms: int = 5_000
-    timeout_ms: int = 15_000
-    rate: float = 20.0
-    burst: int = 40
-    max_text: int = 4_000
-    max_msg_bytes: int = 65_536
-    pub_hwm: int = 100_000
-    ready_file: str | None = None
-    curve_secret: str | None = None
-    allow_keys: str | None = None
-    dedup_max: int = 2_000_000
-    retain_days: float = 0.0
+ROUTER_SNDHWM = 20_000  # replies per peer; past it the peer is a slow consumer
+ROUTER_RCVHWM = 1_000  # requests per peer waiting to be read
+HANDSHAKE_MS = 10_000
+HOUSEKEEPING_S = 60.0
+STORE_RETRY_S = 1.0
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -90,63 +91,86 @@ def wildcard_host(endpoint: str) -> bool:
     return host in ("*", "0.0.0.0", "::")
 
 
-class Server:
-    """Binds the sockets, opens the store and runs the loop until a signal."""
+def _peer_address(frame: zmq.Frame) -> str:
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return ""  # ipc and inproc have none
 
-    def __init__(self, opts: Options) -> None:
-        self.opts = opts
-        self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.stopping = False
-        self._forgotten_reported = 0
-        self._next_forgotten_report = 0.0
-        self.dropped = 0
-        self._signals: list[int] = []
-        self.guard: Guard | None = None
-        if opts.curve_secret is not None:
-            public, secret = load_secret(opts.curve_secret)
-            self.guard = Guard(self.ctx, opts.allow_keys)
-            secure(self.router, public, secret)
-            secure(self.pub, public, secret)
-            self.public_key = public.decode()
-        self._setup_sockets()
-        self.store = Store(opts.store, fsync=opts.fsync)
-        self.config = Config(
-            events=opts.advertise or self.pub_endpoint,
-            heartbeat_ms=opts.heartbeat_ms,
-            timeout_ms=opts.timeout_ms,
-            rate=opts.rate,
-            burst=opts.burst,
-            max_text=opts.max_text,
-            max_msg_bytes=opts.max_msg_bytes,
-            curve=opts.curve_secret is not None,
-            dedup_max=opts.dedup_max,
-            retain_s=opts.retain_days * 86_400,
-        )
+
+class Server:
+    """Opens the store, binds the sockets and runs the loop until a signal.
+
+    Raises:
+        StoreError: the store cannot be used (one line says why).
+        zmq.ZMQError: an endpoint cannot be bound.
+        ValueError: a CURVE key or the allow-list is unusable.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.store = Store(config.store, fsync=config.fsync, max_mb=config.store_max_mb)
+        try:
+            self._open_sockets(config)
+        except BaseException:
+            self.store.close()
+            raise
+        self.config = config.replace(events=config.advertise or self.pub_endpoint)
         self.core = Core(self.config, self.store)
         self.recovered = self.core.load_recent(time.time())
+        self.stopping = False
+        self.dropped = 0
+        self._forgotten_reported = 0
+        self._next_forgotten_report = 0.0
+        self._signals: list[int] = []
+        self._waiting = Outbox()  # a batch whose commit failed, until it succeeds
+        self._next_store_retry = 0.0
+        self._next_store_log = 0.0
+        self._next_housekeeping = 0.0
 
-    def _setup_sockets(self) -> None:
-        o = self.opts
+    def _open_sockets(self, config: Config) -> None:
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.guard: Guard | None = None
+        try:
+            if config.curve_secret is not None:
+                public, secret = load_secret(config.curve_secret)
+                self.guard = Guard(self.ctx, config.allow_keys)
+                secure(self.router, public, secret)
+                secure(self.pub, public, secret)
+                self.public_key = public.decode()
+            self.conns = Connections(config, self.router, self.pub, self._session_active)
+            self._setup_sockets(config)
+        except BaseException:
+            self._close_sockets()
+            raise
+
+    def _setup_sockets(self, o: Config) -> None:
         for sock in (self.router, self.pub):
-            sock.setsockopt(zmq.LINGER, LINGER_MS)
+            sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.HEARTBEAT_IVL, max(1000, o.heartbeat_ms))
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(2000, o.timeout_ms))
             sock.setsockopt(zmq.HEARTBEAT_TTL, min(max(2000, o.timeout_ms), 6_553_000))
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 0 if o.curve else 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, o.max_msg_bytes)
-        self.router.setsockopt(zmq.SNDHWM, 100_000)
-        self.router.setsockopt(zmq.RCVHWM, 100_000)
+        self.router.setsockopt(zmq.SNDHWM, ROUTER_SNDHWM)
+        self.router.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)
         self.pub.setsockopt(zmq.SNDHWM, o.pub_hwm)
+        self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
         # Subscribers send only subscriptions: a small limit stops a peer
-        # from pushing large frames at the PUB socket.
-        self.pub.setsockopt(zmq.MAXMSGSIZE, 1024)
+        # from pushing large frames at the event socket.
+        self.pub.setsockopt(zmq.MAXMSGSIZE, 256)
+        self.pub.setsockopt(zmq.RCVHWM, 1000)
         self.router.bind(o.bind)
         self.pub.bind(o.publish)
         self.bind_endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.pub_endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def _session_active(self, ident: bytes, since: float) -> bool:
+        s = self.core.sessions.get(ident)
+        return s is not None and s.last_seen >= since
 
     # ----------------------------------------------------------- the loop
 
@@ -162,7 +186,10 @@ class Server:
         }
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         poller.register(wake_r.fileno(), zmq.POLLIN)
+        for mon in self.conns.sockets:
+            poller.register(mon, zmq.POLLIN)
         self._announce()
         # What exists now (modules, config, the loaded store state) lives as
         # long as the broker: the collector need not scan it again. A busy
@@ -173,14 +200,19 @@ class Server:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         out = Outbox()
-        router, core = self.router, self.core
+        router, core, conns = self.router, self.core, self.conns
         try:
             while not self.stopping:
                 expiry = core.next_expiry()
                 now = time.time()
                 wait = 1000 if expiry is None else min(1000, max(0, int((expiry - now) * 1000) + 1))
+                if core.read_only:
+                    wait = min(wait, int(STORE_RETRY_S * 1000))
                 ready = dict(poller.poll(wait))
                 now = time.time()
+                mono = time.monotonic()
+                conns.events(mono)
+                self._subscriptions()
                 if router in ready:
                     self._read(core.batch(now, out), out)
                 if wake_r.fileno() in ready:
@@ -188,8 +220,15 @@ class Server:
                 core.expire(now, out)
                 if core.recent.forgotten_early != self._forgotten_reported:
                     self._report_forgotten(now)
-                if out.replies or out.events or out.notices or out.pushes:
+                if out:
                     self._flush(out)
+                if core.read_only and mono >= self._next_store_retry:
+                    self._retry_store(mono)
+                if conns.due(mono):
+                    conns.scan(mono)
+                conns.housekeeping(mono)
+                if now >= self._next_housekeeping:
+                    self._housekeeping(now)
             core.notice("the broker is shutting down", out)
             self._flush(out)
         finally:
@@ -211,11 +250,16 @@ class Server:
         out.reply(ident, error_reply(err, getattr(req, "id", None)))
 
     def _read(self, handle: BatchHandler, out: Outbox) -> None:
-        """Read and handle every request waiting on the ROUTER, up to BATCH."""
+        """Read and handle every request waiting on the ROUTER, up to BATCH
+        of them or BATCH_S of time."""
         recv = self.router.recv
         max_text = self.config.max_text
         curve = self.guard is not None
-        for _ in range(BATCH):
+        seen = self.conns.seen
+        deadline = time.monotonic() + BATCH_S
+        for n in range(BATCH):
+            if n & 63 == 63 and time.monotonic() > deadline:
+                return
             try:
                 ident = recv(_NOBLOCK)
             except zmq.Again:
@@ -226,33 +270,78 @@ class Server:
             # key the connection authenticated with, never the message.
             body = recv(_NOBLOCK, copy=False)
             if body.more:
-                extra = 1
-                while recv(_NOBLOCK, copy=False).more:
-                    extra += 1
-                err = ProtocolError(
-                    Code.BAD_REQUEST, f"a request is exactly one frame, not {extra + 1}"
-                )
-                out.reply(ident, error_reply(err))
+                self._multipart(ident, body, out)
                 continue
             try:
                 req = decode_request(body, max_text=max_text)
             except ProtocolError as err:
+                seen(ident, body)
                 out.reply(ident, error_reply(err))
                 continue
+            except Exception:
+                seen(ident, body)
+                self._internal_error(ident, None, out)
+                continue
+            kind = type(req)
+            if kind is not Say:
+                # Not on the hot path: which connection it came on (for the
+                # connection bounds) and, for a hello, the client's address.
+                seen(ident, body)
             try:
-                handle(ident, req, body.get("User-Id") if curve else None)
+                if kind is Hello:
+                    handle(ident, req, body.get("User-Id") if curve else None, _peer_address(body))
+                else:
+                    handle(ident, req, body.get("User-Id") if curve else None)
             except Exception:
                 self._internal_error(ident, req, out)
 
-    def _flush(self, out: Outbox) -> None:
-        self.store.commit()
+    def _multipart(self, ident: bytes, body: zmq.Frame, out: Outbox) -> None:
+        """A request of more than one frame: refused. Its remaining frames are
+        read (a finished message is in the pipe whole), but a message of
+        very many frames is stopped before it is finished by the connection
+        checks, so this never reads more than a few."""
+        self.conns.seen(ident, body)
+        recv = self.router.recv
+        extra = 1
+        while recv(_NOBLOCK, copy=False).more:
+            extra += 1
+        err = ProtocolError(Code.BAD_REQUEST, f"a request is exactly one frame, not {extra + 1}")
+        out.reply(ident, error_reply(err))
+
+    def _subscriptions(self) -> None:
+        """Apply the subscriptions that are room topics (or ``*``), within
+        the bound per subscriber; ignore the rest."""
         pub = self.pub
-        if out.events:
-            # libzmq reads new subscriptions only while processing commands,
-            # which a burst of sends may skip for up to a millisecond; asking
-            # for EVENTS processes them now, so a subscriber that subscribed
-            # before this batch was handled is not dropped as a slow joiner.
-            pub.getsockopt(zmq.EVENTS)
+        check = self.conns.subscription
+        setsockopt = pub.setsockopt
+        while pub.getsockopt(zmq.EVENTS) & _POLLIN:
+            frame = pub.recv(_NOBLOCK, copy=False)
+            if check(frame):
+                data = frame.bytes
+                # XPUB_MANUAL applies it to the subscriber it came from: the
+                # one whose message was read last.
+                setsockopt(_SUBSCRIBE if data[0] == 1 else _UNSUBSCRIBE, data[1:])
+
+    def _flush(self, out: Outbox) -> None:
+        if self.core.read_only:
+            # Writes are refused meanwhile: what this batch made needs no commit.
+            self._send(out)
+            return
+        try:
+            self.store.commit()
+        except StoreFull as err:
+            self._store_full(err, out)
+            return
+        except StoreError:
+            log.exception("the store failed; stopping (nothing unwritten was acknowledged)")
+            out.clear()
+            self.stopping = True
+            return
+        self._send(out)
+
+    def _send(self, out: Outbox) -> None:
+        self._subscriptions()  # a subscriber that came before this batch gets it
+        pub = self.pub
         send = _send
         for topic, body in out.events:
             send(pub, topic, _SNDMORE)
@@ -260,6 +349,7 @@ class Server:
         for body in out.notices:
             pub.send_multipart((NOTICE_TOPIC, body))
         router = self.router
+        conns = self.conns
         for frames, pushes in ((out.replies, False), (out.pushes, True)):
             for ident, frame in frames:
                 try:
@@ -274,12 +364,78 @@ class Server:
                     # history, so its session keeps it until heard from.
                     if err.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
                         raise
+                    if err.errno == errno.EAGAIN:
+                        conns.full(ident)
                     nick = self.core.hold(ident, frame) if pushes else None
                     if nick is None:
                         self.dropped += 1
                     else:
                         log.info("%s cannot be reached; a private message is held for it", nick)
+        for ident, nbytes in out.bulk.items():
+            conns.sent(ident, nbytes)
         out.clear()
+
+    # ------------------------------------------------------------- store
+
+    def _store_full(self, err: StoreFull, out: Outbox) -> None:
+        """The batch could not be written: keep it, unpublished and
+        unacknowledged, and refuse writes until a commit succeeds."""
+        waiting = self._waiting
+        for name in ("replies", "events", "notices", "pushes"):
+            getattr(waiting, name).extend(getattr(out, name))
+        for ident, n in out.bulk.items():
+            waiting.bulk[ident] = waiting.bulk.get(ident, 0) + n
+        out.clear()
+        self.core.read_only = True
+        self._next_store_retry = time.monotonic() + STORE_RETRY_S
+        self._log_store(str(err))
+
+    def _log_store(self, text: str) -> None:
+        now = time.monotonic()
+        if now >= self._next_store_log:
+            self._next_store_log = now + 60.0
+            log.error(
+                "%s; writes are refused with 'unavailable' until there is room again "
+                "(reads go on; %d events wait)",
+                text,
+                len(self._waiting.events),
+            )
+
+    def _retry_store(self, now: float) -> None:
+        self._next_store_retry = now + STORE_RETRY_S
+        try:
+            self.store.commit()
+        except StoreFull as err:
+            self._log_store(str(err))
+            return
+        except StoreError:
+            log.exception("the store failed; stopping (nothing unwritten was acknowledged)")
+            self.stopping = True
+            return
+        log.warning(
+            "the store takes writes again; %d waiting events published",
+            len(self._waiting.events),
+        )
+        self.core.read_only = False
+        self._send(self._waiting)
+
+    def _housekeeping(self, now: float) -> None:
+        """Drop expired pm ids and, with --retain-days, old history, a slice
+        at a time: each in a transaction of its own, never while a write
+        is failing."""
+        self._next_housekeeping = now + HOUSEKEEPING_S
+        if self.store.failed:
+            return
+        try:
+            self.store.forget_pm_ids(now - DEDUP_S)
+            if self.config.retain_s > 0 and self.store.trim(now - self.config.retain_s) > 0:
+                # More may be due: come back in a second rather than stall
+                # the loop on a big backlog.
+                self._next_housekeeping = now + 1.0
+        except sqlite3.Error as err:
+            log.warning("housekeeping of the store failed: %s", err)
+
+    # --------------------------------------------------------- reporting
 
     def _report_forgotten(self, now: float) -> None:
         if now < self._next_forgotten_report:
@@ -288,9 +444,9 @@ class Server:
         n = self.core.recent.forgotten_early
         log.warning(
             "%d request ids forgotten in under ten minutes to keep at most %d "
-            "(--dedup-max): a resend of one of them would be published again",
+            "(--dedup-max, --dedup-mb): a resend of one of them would be published again",
             n - self._forgotten_reported,
-            self.config.dedup_max,
+            self.core.recent.max_entries,
         )
         self._forgotten_reported = n
 
@@ -316,29 +472,34 @@ class Server:
                     log.error("SIGHUP: %s; keeping the old allow-list", err)
 
     def _announce(self) -> None:
-        o = self.opts
-        log.info(
-            "zchat-broker %s, epoch %s", self.core._welcome_tail["server"].version, self.core.epoch
-        )
+        o = self.config
+        log.info("zchat-broker %s, epoch %s", VERSION, self.core.epoch)
         log.info("requests on %s (ROUTER)", self.bind_endpoint)
-        log.info("events   on %s (PUB), advertised as %s", self.pub_endpoint, self.config.events)
+        log.info("events   on %s (XPUB), advertised as %s", self.pub_endpoint, self.config.events)
         where = "in memory (nothing survives a restart)" if o.store == ":memory:" else o.store
         log.info(
             "store %s: %d rooms, %d events, %d recent request ids; history kept %s",
             where,
-            len(self.core.rooms),
+            self.store.room_count(),
             self.store.count(),
             self.recovered,
             f"{o.retain_days:g} days" if o.retain_days else "forever",
         )
         log.info(
-            "limits: timeout %d ms, heartbeat %d ms, rate %s/s burst %d, text %d chars, frame %d bytes",
+            "limits: timeout %d ms, heartbeat %d ms, rate %s/s burst %d (address %s/s), "
+            "text %d chars, frame %d bytes, %d connections (%d per address), "
+            "%d sessions per address, %d rooms per session",
             o.timeout_ms,
             o.heartbeat_ms,
             f"{o.rate:g}" if o.rate > 0 else "unlimited",
             o.burst,
+            f"{o.address_rate:g}" if o.rate > 0 and o.address_rate > 0 else "unlimited",
             o.max_text,
             o.max_msg_bytes,
+            self.conns.limit,
+            o.connections_per_address,
+            o.sessions_per_address,
+            o.rooms_per_session,
         )
         if self.config.curve:
             allowed = "every client key" if o.allow_keys is None else f"the keys in {o.allow_keys}"
@@ -367,10 +528,20 @@ class Server:
                 )
             os.replace(tmp, o.ready_file)
 
-    def close(self) -> None:
-        self.store.close()
-        self.router.close()
-        self.pub.close()
+    def _close_sockets(self) -> None:
+        conns = getattr(self, "conns", None)
+        if conns is not None:
+            conns.close()
+        for sock in (self.router, self.pub):
+            sock.close(linger=LINGER_MS)
         if self.guard is not None:
             self.guard.stop()
         self.ctx.term()
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        except StoreError as err:
+            log.error("%s: the last batch was not written (nor acknowledged)", err)
+        finally:
+            self._close_sockets()

@@ -23,19 +23,57 @@ operating system's hands), and only a power cut can lose the last commits.
 Request ids of ``say`` travel in the event itself; ``pm`` produces no event,
 so its ids go into a table of their own. Both let a resent request be
 answered with its first acknowledgement after a restart.
+
+A commit that fails for want of room (the disk, or ``max_mb``, is full)
+keeps what it was writing and raises :class:`StoreFull`; the next
+:meth:`Store.commit` tries again, and until one succeeds nothing new is
+written (the broker refuses writes meanwhile) while reads go on. One broker
+at a time holds a store: an exclusive ``flock`` on the file, taken at open.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgspec
 
 SEGMENT_MAX = 256
+# PRAGMA user_version of the schema this code writes; a store with a higher
+# one was made by a newer zchat and is refused rather than misread.
+SCHEMA_VERSION = 2
+OUR_TABLES = {"segments", "events", "topics", "pm_ids", "meta", "nick_keys"}
+
+
+class StoreError(Exception):
+    """The store cannot be used: the message names the file and the reason."""
+
+
+class StoreFull(StoreError):
+    """A commit failed for want of room; what it held is kept for the next."""
+
+
+def _explain(err: sqlite3.Error) -> str:
+    text = str(err)
+    if "not a database" in text:
+        return "not an SQLite database (truncated, or another program's file?)"
+    if "malformed" in text:
+        return "the file is damaged (database disk image is malformed)"
+    return text
+
+
+def _retryable(err: sqlite3.Error) -> bool:
+    """Whether a failed write may succeed later: the disk or the size bound
+    was full, or the disk failed; not a broken invariant."""
+    text = str(err).lower()
+    return "full" in text or "disk i/o" in text or "no space" in text or "locked" in text
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -65,7 +103,8 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nick_keys (
     nick TEXT PRIMARY KEY,     -- nick key (lower case)
-    key TEXT NOT NULL          -- the CURVE public key that owns it, Z85
+    key TEXT NOT NULL,         -- the CURVE public key that owns it, Z85
+    used REAL NOT NULL DEFAULT 0  -- when its owner last used it (0: unknown)
 ) WITHOUT ROWID;
 """
 
@@ -96,21 +135,39 @@ class Store:
     before it.
     """
 
-    def __init__(self, path: str = ":memory:", *, fsync: bool = False) -> None:
+    def __init__(self, path: str = ":memory:", *, fsync: bool = False, max_mb: int = 0) -> None:
         self.path = path
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, once a batch.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock_fd: int | None = None
         self._closed = False
+        self._in_tx = False
+        # The last write failed: what the open transaction held waits in
+        # _tx_work for the next commit.
+        self.failed = False
+        self._error: sqlite3.Error | None = None
+        self._tx_work: list[tuple[str, object]] = []
+        if path != ":memory:":
+            self._lock(path)
         try:
-            self._setup(fsync)
-        except BaseException:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, once a batch.
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as err:
+            self._unlock()
+            raise StoreError(f"cannot open the store {path}: {err}") from None
+        try:
+            self._setup(fsync, max_mb)
+        except sqlite3.DatabaseError as err:
             self._db.close()  # a store that failed to open holds nothing open
+            self._unlock()
+            raise StoreError(f"{path} is not a usable zchat store: {_explain(err)}") from None
+        except BaseException:
+            self._db.close()
+            self._unlock()
             raise
         self._open: dict[str, _Open] = {}
         self._segments: list[_Open] = []
         self._topics: dict[str, str] = {}
         self._pm_ids: list[tuple[object, ...]] = []
-        self._in_tx = False
+        self._claims: dict[str, tuple[str, float] | None] = {}
         if path != ":memory:":
             self._stop = threading.Event()
             self._checkpointer = threading.Thread(
@@ -118,28 +175,76 @@ class Store:
             )
             self._checkpointer.start()
 
-    def _setup(self, fsync: bool) -> None:
+    def _lock(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise StoreError(f"cannot open the store {path}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"{path} is in use by another zchat-broker; give each broker a store of its own"
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _setup(self, fsync: bool, max_mb: int) -> None:
+        db = self._db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not tables & OUR_TABLES:
+            raise StoreError(
+                f"{self.path} is another program's SQLite database (tables: "
+                f"{', '.join(sorted(tables)[:5])}); give zchat a store of its own"
+            )
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer zchat (schema {version}, this one "
+                f"knows {SCHEMA_VERSION}); upgrade zchat-broker"
+            )
         if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
             # Checkpoints copy the WAL into the database file, taking
             # milliseconds; in the loop they would land on the messages in
             # flight (p99 latency 5 ms instead of 1). A thread of its own,
             # on its own connection, does them instead (sqlite3 releases
             # the GIL while it works).
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                # Writable at all? Better a clear refusal now than a crash at
+                # the first message.
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+            except sqlite3.OperationalError as err:
+                raise StoreError(f"{self.path} cannot be written: {err}") from None
+        if max_mb > 0:
+            page = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {max(16, max_mb * 1024 * 1024 // page)}")
+        db.executescript(_SCHEMA)
         self._migrate()
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        row = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
         if row is None:
             self.store_id = secrets.token_hex(8)
-            self._db.execute("INSERT INTO meta VALUES ('store_id', ?)", (self.store_id,))
+            db.execute("INSERT INTO meta VALUES ('store_id', ?)", (self.store_id,))
         else:
             self.store_id = str(row[0])
 
     def _migrate(self) -> None:
-        """Fold the one-row-per-event table of zchat 0.1 stores into segments."""
+        """Bring stores of earlier versions up to date: claims get the time
+        of their last use; the one-row-per-event table of zchat 0.1 is folded
+        into segments."""
         db = self._db
+        columns = {r[1] for r in db.execute("PRAGMA table_info(nick_keys)")}
+        if "used" not in columns:
+            db.execute("ALTER TABLE nick_keys ADD COLUMN used REAL NOT NULL DEFAULT 0")
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is None:
             return
         db.execute("BEGIN")
@@ -198,45 +303,105 @@ class Store:
     def add_pm_id(self, sender: str, req_id: str, at: float, reply: bytes) -> None:
         self._pm_ids.append((sender, req_id, at, reply))
 
-    def set_nick_key(self, nick: str, key: str) -> None:
-        self._begin()
-        self._db.execute("INSERT OR REPLACE INTO nick_keys VALUES (?, ?)", (nick, key))
+    def set_nick_claim(self, nick: str, key: str, used: float) -> None:
+        self._claims[nick] = (key, used)
+
+    def drop_nick_claim(self, nick: str) -> None:
+        self._claims[nick] = None
 
     def _begin(self) -> None:
         if not self._in_tx:
             self._db.execute("BEGIN")
             self._in_tx = True
 
-    def flush(self) -> None:
-        """Write what was added, inside the batch's transaction."""
+    def _pending(self) -> list[tuple[str, object]]:
+        """What was added since the last commit, as statements to run."""
+        work: list[tuple[str, object]] = []
         if self._segments:
-            self._begin()
-            self._db.executemany(
-                "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                [
-                    (s.room, s.first, s.first + len(s.bodies) - 1, s.at, b"\n".join(s.bodies))
-                    for s in self._segments
-                ],
+            work.append(
+                (
+                    "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (s.room, s.first, s.first + len(s.bodies) - 1, s.at, b"\n".join(s.bodies))
+                        for s in self._segments
+                    ],
+                )
             )
             self._segments.clear()
             self._open.clear()
         if self._topics:
-            self._begin()
-            self._db.executemany(
-                "INSERT OR REPLACE INTO topics VALUES (?, ?)", self._topics.items()
-            )
+            work.append(("INSERT OR REPLACE INTO topics VALUES (?, ?)", list(self._topics.items())))
             self._topics.clear()
         if self._pm_ids:
+            work.append(("INSERT OR REPLACE INTO pm_ids VALUES (?, ?, ?, ?)", self._pm_ids))
+            self._pm_ids = []
+        if self._claims:
+            work.append(
+                (
+                    "INSERT OR REPLACE INTO nick_keys VALUES (?, ?, ?)",
+                    [(n, c[0], c[1]) for n, c in self._claims.items() if c is not None],
+                )
+            )
+            work.append(
+                (
+                    "DELETE FROM nick_keys WHERE nick = ?",
+                    [(n,) for n, c in self._claims.items() if c is None],
+                )
+            )
+            self._claims.clear()
+        return work
+
+    def flush(self) -> None:
+        """Write what was added into the batch's transaction, so that queries
+        see it. A failure here (no room) is kept for :meth:`commit` to report;
+        after one, nothing is written until a commit succeeds, and queries
+        see what was committed."""
+        work = self._pending()
+        if not work:
+            return
+        # Everything of the open transaction, until it commits: a failure
+        # rolls back what earlier flushes of the batch wrote, too.
+        self._tx_work += work
+        if self.failed:
+            return
+        try:
             self._begin()
-            self._db.executemany("INSERT OR REPLACE INTO pm_ids VALUES (?, ?, ?, ?)", self._pm_ids)
-            self._pm_ids.clear()
+            for sql, rows in work:
+                self._db.executemany(sql, rows)  # type: ignore[arg-type]
+        except sqlite3.Error as err:
+            self._fail(err)
+
+    def _fail(self, err: sqlite3.Error) -> None:
+        self.failed = True
+        self._error = err
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._in_tx = False
 
     def commit(self) -> None:
-        """Make everything added so far durable, in one transaction."""
+        """Make everything added so far durable, in one transaction.
+
+        Raises:
+            StoreFull: there was no room; it is all kept for the next commit.
+            StoreError: the store failed otherwise (it is kept likewise).
+        """
         self.flush()
-        if self._in_tx:
-            self._db.execute("COMMIT")
-            self._in_tx = False
+        try:
+            if self.failed:
+                self._db.execute("BEGIN")
+                self._in_tx = True
+                for sql, rows in self._tx_work:
+                    self._db.executemany(sql, rows)  # type: ignore[arg-type]
+            if self._in_tx:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._fail(err)
+            if not _retryable(err):
+                raise StoreError(f"cannot write the store {self.path}: {err}") from None
+            raise StoreFull(f"cannot write the store {self.path}: {err}") from None
+        self.failed = False
+        self._in_tx = False
+        self._tx_work = []
 
     def _checkpoint_loop(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -247,19 +412,27 @@ class Store:
             db.close()
 
     def close(self) -> None:
-        """Commit what is pending and close; closing twice is harmless."""
+        """Commit what is pending and close; closing twice is harmless.
+
+        Raises:
+            StoreFull: what was pending could not be written (it is lost
+                with the process, and was never published or acknowledged).
+        """
         if self._closed:
             return
         self._closed = True
-        if self.path != ":memory:":
-            self._stop.set()
-            self._checkpointer.join()
-        self.commit()
-        if self.path != ":memory:":
-            # Fold the WAL back into the main file so a clean shutdown
-            # leaves one self-contained database behind.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._db.close()
+        try:
+            if self.path != ":memory:":
+                self._stop.set()
+                self._checkpointer.join()
+            self.commit()
+            if self.path != ":memory:":
+                # Fold the WAL back into the main file so a clean shutdown
+                # leaves one self-contained database behind.
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+            self._unlock()
 
     # ------------------------------------------------------------ reading
 
@@ -272,11 +445,31 @@ class Store:
             for room, last in self._db.execute("SELECT room, MAX(last) FROM segments GROUP BY room")
         }
 
+    def room_state(self, room: str) -> RoomState | None:
+        """The last seq and topic of ``room``, None when it has no events."""
+        self.flush()
+        row = self._db.execute("SELECT MAX(last) FROM segments WHERE room = ?", (room,)).fetchone()
+        if row[0] is None:
+            return None
+        topic = self._db.execute("SELECT topic FROM topics WHERE room = ?", (room,)).fetchone()
+        return RoomState(last_seq=int(row[0]), topic=topic[0] if topic else "")
+
+    def room_count(self) -> int:
+        self.flush()
+        return int(self._db.execute("SELECT COUNT(DISTINCT room) FROM segments").fetchone()[0])
+
     def history(
-        self, room: str, *, after: int | None, before: int | None, limit: int
+        self,
+        room: str,
+        *,
+        after: int | None,
+        before: int | None,
+        limit: int,
+        max_bytes: int = 1 << 62,
     ) -> tuple[list[bytes], bool]:
-        """Up to ``limit`` event bodies of ``room``, oldest first, and whether
-        more lie beyond them.
+        """Up to ``limit`` event bodies of ``room``, oldest first, taking at
+        most ``max_bytes`` together (but at least one), and whether more lie
+        beyond them.
 
         With ``after``, the events just after it (``more``: newer ones remain);
         otherwise the events just before ``before`` or the end (``more``:
@@ -286,29 +479,32 @@ class Store:
         hi = before if before is not None else 2**63 - 1
         if after is not None:
             found: list[bytes] = []
+            size = 0
             for first, blob in self._db.execute(
                 "SELECT first, events FROM segments WHERE room = ? AND last > ? AND first < ? "
                 "ORDER BY last",
                 (room, after, hi),
             ):
-                bodies = blob.split(b"\n")
-                found += bodies[max(0, after + 1 - first) : max(0, hi - first)]
-                if len(found) > limit:
-                    break
-            return found[:limit], len(found) > limit
-        chunks: list[list[bytes]] = []
-        count = 0
+                for body in blob.split(b"\n")[max(0, after + 1 - first) : max(0, hi - first)]:
+                    size += len(body) + 1
+                    if len(found) >= limit or (found and size > max_bytes):
+                        return found, True
+                    found.append(body)
+            return found, False
+        newest: list[bytes] = []  # newest first
+        size = 0
         for first, blob in self._db.execute(
             "SELECT first, events FROM segments WHERE room = ? AND first < ? ORDER BY first DESC",
             (room, hi),
         ):
-            bodies = blob.split(b"\n")[: hi - first]
-            chunks.append(bodies)
-            count += len(bodies)
-            if count > limit:
-                break
-        found = [b for chunk in reversed(chunks) for b in chunk]
-        return found[len(found) - limit :] if len(found) > limit else found, count > limit
+            for body in reversed(blob.split(b"\n")[: hi - first]):
+                size += len(body) + 1
+                if len(newest) >= limit or (newest and size > max_bytes):
+                    newest.reverse()
+                    return newest, True
+                newest.append(body)
+        newest.reverse()
+        return newest, False
 
     def first_seq(self, room: str) -> int | None:
         """The seq of the oldest event kept for ``room``, None when none is."""
@@ -351,8 +547,22 @@ class Store:
         # autocommit mode): an idle broker must not sit on the write lock.
         self._db.execute("DELETE FROM pm_ids WHERE at < ?", (before,))
 
-    def nick_keys(self) -> dict[str, str]:
-        return dict(self._db.execute("SELECT nick, key FROM nick_keys"))
+    def nick_claims(self) -> dict[str, tuple[str, float]]:
+        """Every nick claim: ``nick key -> (public key, last used)``; a claim
+        of unknown age counts as used now."""
+        self.flush()
+        now = time.time()
+        return {
+            nick: (key, used or now)
+            for nick, key, used in self._db.execute("SELECT nick, key, used FROM nick_keys")
+        }
+
+    def nick_claim(self, nick: str) -> tuple[str, float] | None:
+        """The claim of ``nick`` as stored now (another process may have
+        released it)."""
+        self.flush()
+        row = self._db.execute("SELECT key, used FROM nick_keys WHERE nick = ?", (nick,)).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))
 
     def count(self) -> int:
         """How many events the store holds."""

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from ._errors import Code, ProtocolError
-from ._rules import TEXT_MAX
+from ._rules import TEXT_MAX, check_id, is_id
 from ._types import Event, Reply, Request
 
 NOTICE_TOPIC = b"*\x00"
@@ -80,11 +80,11 @@ def _peek_id(frame: Buffer) -> str | None:
     """The ``id`` of a frame that failed to decode, if one can be read."""
     try:
         obj = _any_decoder.decode(frame)
-    except (msgspec.DecodeError, RecursionError):
+    except (ValueError, RecursionError):
         return None
     if isinstance(obj, dict):
         rid = obj.get("id")
-        if isinstance(rid, str) and 1 <= len(rid) <= 64:
+        if isinstance(rid, str) and is_id(rid):
             return rid
     return None
 
@@ -99,7 +99,7 @@ def _describe(err: Exception) -> tuple[Code, str]:
         if text.startswith("Expected `object`"):
             return Code.BAD_REQUEST, "a request must be a JSON object"
         return Code.BAD_REQUEST, text
-    if "UTF-8" in text or "utf-8" in text:
+    if isinstance(err, UnicodeError) or "UTF-8" in text or "utf-8" in text:
         return Code.BAD_REQUEST, "frame is not valid UTF-8"
     return Code.BAD_REQUEST, f"frame is not valid JSON ({text})"
 
@@ -121,14 +121,19 @@ def decode_request(frame: Buffer, *, max_text: int = TEXT_MAX) -> Request:
     """
     try:
         req = _request_decoder.decode(frame)
-    except (msgspec.DecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:
+        # ValueError covers msgspec's DecodeError and the UnicodeDecodeError
+        # it lets through for invalid UTF-8 inside a JSON string.
         code, message = _describe(err)
         raise ProtocolError(code, message, id=_peek_id(frame)) from None
     try:
+        rid = req.id
+        if rid is not None and not rid.isprintable():
+            check_id(rid)
         checked: Request = req.checked(max_text)
         return checked
     except ProtocolError as err:
-        err.id = req.id
+        err.id = req.id if is_id(req.id) else None
         raise
 
 
@@ -140,7 +145,7 @@ def decode_reply(frame: bytes) -> Reply:
     """
     try:
         return _reply_decoder.decode(frame)
-    except (msgspec.DecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:
         raise ProtocolError(Code.BAD_REQUEST, f"bad reply frame: {err}") from None
 
 
@@ -152,7 +157,7 @@ def decode_event(body: bytes) -> Event:
     """
     try:
         return _event_decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:
         raise ProtocolError(Code.BAD_REQUEST, f"bad event frame: {err}") from None
 
 

@@ -27,6 +27,9 @@ class Code(str, enum.Enum):
     TEXT_INVALID = "text_invalid"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
+    # Additions: a bound of the broker was reached.
+    LIMIT_REACHED = "limit_reached"
+    UNAVAILABLE = "unavailable"
 
 
 class ProtocolError(Exception):
@@ -37,7 +40,7 @@ class ProtocolError(Exception):
         message: what went wrong, in words for people.
         id: the offending request's ``id`` when it could be read, so the
             error reply can be matched to its request.
-        retry_ms: for ``rate_limited``, when to try again.
+        retry_ms: for ``rate_limited`` and ``unavailable``, when to try again.
     """
 
     def __init__(

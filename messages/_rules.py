@@ -26,6 +26,45 @@ _ROOM_RE = re.compile(r"[a-z0-9_\-]{1,32}")
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
+def is_id(rid: object) -> bool:
+    """True when ``rid`` is a well-formed request id: 1 to 64 characters, no
+    control character (an id is echoed in replies and may reach a screen)."""
+    return (
+        isinstance(rid, str)
+        and 1 <= len(rid) <= ID_MAX
+        and (rid.isprintable() or _CONTROL_RE.search(rid) is None)
+    )
+
+
+def check_id(rid: str | None) -> None:
+    if rid is not None and not is_id(rid):
+        raise ProtocolError(
+            Code.BAD_REQUEST,
+            f"id must be 1 to {ID_MAX} characters with no control character",
+        )
+
+
+# Nicks that read alike. Nicks are ASCII, so the confusables of Unicode's
+# UTS #39 that matter are few: capital I, lower-case l and the digit 1; the
+# letter O and the digit 0; "rn" and "m"; "vv" and "w". Two nicks clash when
+# their skeletons are equal (after case folding, as nick_key already does).
+_CONFUSABLE_PAIRS = (("rn", "m"), ("vv", "w"))
+_CONFUSABLE_CHARS = str.maketrans({"I": "l", "1": "l", "i": "l", "0": "o", "O": "o"})
+
+
+def nick_skeleton(nick: str) -> str:
+    """What ``nick`` looks like, for telling ``aIice`` from ``alice``: two nicks
+    with the same skeleton are one nick to the broker.
+
+    ``I``, ``l``, ``1`` (and ``i``, which is ``I`` in upper case) fold to
+    ``l``; ``O`` and ``0`` to ``o``; ``rn`` to ``m``; ``vv`` to ``w``.
+    """
+    folded = nick.translate(_CONFUSABLE_CHARS).lower()
+    for many, one in _CONFUSABLE_PAIRS:
+        folded = folded.replace(many, one)
+    return folded
+
+
 def is_nick(nick: object) -> bool:
     """True when ``nick`` is a well-formed nick (not whether it is free)."""
     return isinstance(nick, str) and _NICK_RE.fullmatch(nick) is not None

@@ -46,8 +46,6 @@ class _Request(_Msg):
     id: ReqId | None = None
     # Whether the request needs a session (everything but hello and ping).
     needs_session: ClassVar[bool] = True
-    # Whether the request spends a token of the sender's rate bucket.
-    rate_limited: ClassVar[bool] = False
 
     def checked(self, max_text: int = TEXT_MAX) -> Any:
         """This request with its fields normalized, or ``ProtocolError``."""
@@ -86,7 +84,6 @@ class Say(_Request, tag="say", kw_only=True):
     room: str
     text: str
     action: bool | None = None
-    rate_limited: ClassVar[bool] = True
 
     def checked(self, max_text: int = TEXT_MAX) -> Say:
         text = self.text
@@ -107,7 +104,6 @@ class Say(_Request, tag="say", kw_only=True):
 class Pm(_Request, tag="pm", kw_only=True):
     to: str
     text: str
-    rate_limited: ClassVar[bool] = True
 
     def checked(self, max_text: int = TEXT_MAX) -> Pm:
         if not isinstance(self.to, str) or not self.to:
@@ -116,8 +112,15 @@ class Pm(_Request, tag="pm", kw_only=True):
         return self if text == self.text else msgspec.structs.replace(self, text=text)
 
 
+# Addition: lists that can be long come in pages. ``after`` is where the
+# previous page ended (a nick, a room name, or "name nick" for commands), and
+# the reply's ``more`` says whether another page follows.
+Cursor = Annotated[str, msgspec.Meta(max_length=100)]
+
+
 class Who(_Request, tag="who", kw_only=True):
     room: str | None = None
+    after: Cursor | None = None
 
     def checked(self, max_text: int = TEXT_MAX) -> Who:
         if self.room is not None:
@@ -126,7 +129,7 @@ class Who(_Request, tag="who", kw_only=True):
 
 
 class Rooms(_Request, tag="rooms", kw_only=True):
-    pass
+    after: Cursor | None = None
 
 
 class History(_Request, tag="history", kw_only=True):
@@ -146,7 +149,6 @@ class History(_Request, tag="history", kw_only=True):
 
 class Nick(_Request, tag="nick", kw_only=True):
     nick: str
-    rate_limited: ClassVar[bool] = True
 
     def checked(self, max_text: int = TEXT_MAX) -> Nick:
         check_nick(self.nick)
@@ -156,7 +158,6 @@ class Nick(_Request, tag="nick", kw_only=True):
 class Topic(_Request, tag="topic", kw_only=True):
     room: str
     topic: str
-    rate_limited: ClassVar[bool] = True
 
     def checked(self, max_text: int = TEXT_MAX) -> Topic:
         check_room(self.room)
@@ -175,7 +176,8 @@ class Bye(_Request, tag="bye", kw_only=True):
 class CommandSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A command a bot offers: ``name`` (typed as ``!name``), usage, help."""
 
-    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_\-]{1,32}$")]
+    # \Z, not $: a $ also matches before a final newline ("roll\n").
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_\-]{1,32}\Z")]
     usage: Annotated[str, msgspec.Meta(max_length=100)] = ""
     help: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
@@ -196,6 +198,7 @@ class Commands(_Request, tag="commands", kw_only=True):
     """Addition: which commands the members of a room (or everyone) offer."""
 
     room: str | None = None
+    after: Cursor | None = None
 
     def checked(self, max_text: int = TEXT_MAX) -> Commands:
         if self.room is not None:
@@ -246,6 +249,9 @@ class Joined(_Reply, tag="joined", kw_only=True):
     topic: str
     members: list[str]
     seq: int
+    # Addition: how many members the room has, sent when ``members`` had to
+    # be cut short to keep the reply within the broker's size limit.
+    member_count: int | None = None
 
 
 class Parted(_Reply, tag="parted", kw_only=True):
@@ -269,16 +275,20 @@ class WhoUser(msgspec.Struct, frozen=True, kw_only=True):
 class WhoReply(_Reply, tag="who", kw_only=True):
     room: str | None
     users: list[WhoUser]
+    more: bool = False
 
 
-class RoomInfo(msgspec.Struct, frozen=True, kw_only=True):
+class RoomInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     name: str
     topic: str
     members: list[str]
+    # Addition: how many members the room has, when ``members`` is cut short.
+    member_count: int | None = None
 
 
 class RoomsReply(_Reply, tag="rooms", kw_only=True):
     rooms: list[RoomInfo]
+    more: bool = False
 
 
 class HistoryReply(_Reply, tag="history", kw_only=True):
@@ -328,6 +338,7 @@ class CommandInfo(msgspec.Struct, frozen=True, kw_only=True):
 class CommandsReply(_Reply, tag="commands", kw_only=True):
     room: str | None
     commands: list[CommandInfo]
+    more: bool = False
 
 
 class PmPush(_Msg, tag="pm", kw_only=True):

@@ -189,17 +189,23 @@ def test_dedup_and_seq_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_rate_limit_with_a_fake_clock() -> None:
-    w = World(rate=2.0, burst=3)
-    w.hello(b"a", "alice", "general")
+    w = World(rate=2.0, burst=4)
+    w.hello(b"a", "alice", "general")  # the join that makes an event costs a token
     replies = [w.ask(b"a", m.Say(room="general", text=str(i))) for i in range(4)]
     assert [type(r).__name__ for r in replies] == ["Ack", "Ack", "Ack", "Error"]
     assert replies[3].code == "rate_limited" and replies[3].retry_ms == 500
     assert w.seqs("general") == [1, 2, 3, 4]  # the refused one published nothing
-    # Joins and pings are not limited.
-    assert isinstance(w.ask(b"a", m.Join(room="dev")), m.Joined)
+    # Pings, and joins of a room one is in, cost nothing; a new join does.
+    assert isinstance(w.ask(b"a", m.Ping()), m.Pong)
+    assert isinstance(w.ask(b"a", m.Join(room="general")), m.Joined)
+    assert code(w.ask(b"a", m.Join(room="dev"))) == "rate_limited"
     w.now += 0.5
     assert isinstance(w.ask(b"a", m.Say(room="general", text="later")), m.Ack)
     assert code(w.ask(b"a", m.Say(room="general", text="too soon"))) == "rate_limited"
+    # Reading costs too: history, who, rooms and commands make work.
+    w.now += 0.5
+    assert isinstance(w.ask(b"a", m.History(room="general")), m.HistoryReply)
+    assert code(w.ask(b"a", m.Who())) == "rate_limited"
 
 
 def test_rate_zero_is_unlimited() -> None:
@@ -366,13 +372,13 @@ def test_a_resend_past_the_dedup_limit_is_published_again_not_lost() -> None:
 
 
 def test_history_older_than_the_retention_goes_and_numbering_goes_on() -> None:
-    w = World(retain_s=3600.0)
+    w = World(retain_days=1 / 24)
     w.hello(b"a", "alice", "general")
     for i in range(3):
         w.ask(b"a", m.Say(room="general", text=f"old {i}"))
-    w.now += 3600 + 61  # the next clean-up finds them past the retention
+    w.now += 3600 + 61
     last = w.ask(b"a", m.Say(room="general", text="new"))
-    w.expire()
+    w.store.trim(w.now - w.core.config.retain_s)  # the shell's housekeeping
     h = w.ask(b"a", m.History(room="general"))
     assert [msgspec.json.decode(e)["seq"] for e in h.events] == [last.seq]
     # What a client missing seq 2 learns: the store starts past it, for good.

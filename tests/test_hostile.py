@@ -170,21 +170,21 @@ def test_a_bug_in_the_core_costs_one_request_not_the_broker(tmp_path: Any) -> No
 
     import zmq
 
-    from broker import Options, Server
+    from broker import Config, Server
     from messages import Say
 
     server = Server(
-        Options(bind="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", store=":memory:")
+        Config(bind="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", store=":memory:")
     )
     real = server.core.batch
 
     def buggy_batch(now: float, out: Any) -> Any:
         handle = real(now, out)
 
-        def buggy(ident: bytes, req: Any, peer_key: str | None = None) -> None:
+        def buggy(ident: bytes, req: Any, *args: Any) -> None:
             if isinstance(req, Say) and req.text == "boom":
                 raise KeyError("a bug")
-            handle(ident, req, peer_key)
+            handle(ident, req, *args)
 
         return buggy
 

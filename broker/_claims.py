@@ -1,0 +1,99 @@
+"""Which CURVE key a nick belongs to.
+
+With CURVE on, a nick belongs to the first public key that used it: a
+session asking for it with another key gets ``unauthorized``. A claim is
+kept in the store, so it outlives restarts, and covers the nick's skeleton
+(:func:`messages.nick_skeleton`), so ``aIice`` is as much alice's as
+``alice``.
+
+Without an allow-list anyone can make keys, so claims are bounded: a key
+claims at most ``nicks_per_key`` nicks (past that its sessions use nicks
+without claiming them), and a claim lapses when its nick has not been used
+for ``nick_claim_days``. An operator releases one with ``zchat-broker nick
+release NICK``, which deletes the stored claim; the broker reads the store
+again before refusing anyone, so the release takes effect at once. With an
+allow-list every key is trusted: claims are unbounded and never lapse.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Protocol
+
+from messages import nick_skeleton
+
+DAY_S = 86_400.0
+# A claim's time of last use is written at most this often, not on every hello.
+TOUCH_S = 3_600.0
+
+
+class ClaimStore(Protocol):
+    def nick_claims(self) -> dict[str, tuple[str, float]]: ...
+    def nick_claim(self, nick: str) -> tuple[str, float] | None: ...
+    def set_nick_claim(self, nick: str, key: str, used: float) -> None: ...
+    def drop_nick_claim(self, nick: str) -> None: ...
+
+
+class Claims:
+    """Nick claims by key: in memory, written through to the store."""
+
+    def __init__(
+        self, store: ClaimStore, *, per_key: int, lapse_days: float, bounded: bool
+    ) -> None:
+        self.store = store
+        self.per_key = per_key if bounded else 0
+        self.lapse_s = lapse_days * DAY_S if bounded else 0.0
+        self.owners: dict[str, tuple[str, float]] = store.nick_claims()
+        self.by_skeleton: dict[str, str] = {nick_skeleton(n): n for n in self.owners}
+        self.count: Counter[str] = Counter(key for key, _ in self.owners.values())
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def owner(self, nick_key: str, now: float) -> str | None:
+        """The key the nick (or a nick that looks like it) belongs to, if any."""
+        claimed = self.by_skeleton.get(nick_skeleton(nick_key))
+        if claimed is None:
+            return None
+        key, used = self.owners[claimed]
+        if self.lapse_s and now - used > self.lapse_s:
+            self._drop(claimed)
+            return None
+        return key
+
+    def check(self, nick_key: str, key: str | None, now: float) -> bool:
+        """Whether ``key`` may use the nick; the store is read again before
+        saying no, in case an operator released the claim meanwhile."""
+        owner = self.owner(nick_key, now)
+        if owner is None or owner == key:
+            return True
+        claimed = self.by_skeleton[nick_skeleton(nick_key)]
+        if self.store.nick_claim(claimed) is None:
+            self._drop(claimed, stored=False)
+            return True
+        return False
+
+    def use(self, nick_key: str, key: str | None, now: float) -> None:
+        """``key`` uses the nick (already checked): claim it, or note the use."""
+        if key is None:
+            return
+        claimed = self.by_skeleton.get(nick_skeleton(nick_key))
+        if claimed is not None:
+            owner, used = self.owners[claimed]
+            if owner == key and now - used >= TOUCH_S:
+                self.owners[claimed] = (key, now)
+                self.store.set_nick_claim(claimed, key, now)
+            return
+        if self.per_key and self.count[key] >= self.per_key:
+            return  # this key has claimed its share: the nick stays unclaimed
+        self.owners[nick_key] = (key, now)
+        self.by_skeleton[nick_skeleton(nick_key)] = nick_key
+        self.count[key] += 1
+        self.store.set_nick_claim(nick_key, key, now)
+
+    def _drop(self, nick_key: str, *, stored: bool = True) -> None:
+        key, _ = self.owners.pop(nick_key)
+        self.by_skeleton.pop(nick_skeleton(nick_key), None)
+        self.count[key] -= 1
+        if stored:
+            self.store.drop_nick_claim(nick_key)
