@@ -173,9 +173,7 @@ def test_a_bug_in_the_core_costs_one_request_not_the_broker(tmp_path: Any) -> No
     from broker import Config, Server
     from messages import Say
 
-    server = Server(
-        Config(bind="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", store=":memory:")
-    )
+    server = Server(Config(bind="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", store=":memory:"))
     real = server.core.batch
 
     def buggy_batch(now: float, out: Any) -> Any:
