@@ -75,6 +75,7 @@ ROUTER_RCVHWM = 1_000  # requests per peer waiting to be read
 HANDSHAKE_MS = 10_000
 HOUSEKEEPING_S = 60.0
 STORE_RETRY_S = 1.0
+WAKE_MS = 20
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -208,6 +209,10 @@ class Server:
                 wait = 1000 if expiry is None else min(1000, max(0, int((expiry - now) * 1000) + 1))
                 if core.read_only:
                     wait = min(wait, int(STORE_RETRY_S * 1000))
+                if conns.enabled:
+                    # Wake often enough to notice the process growing fast
+                    # (a message of millions of frames) and stop it midway.
+                    wait = min(wait, WAKE_MS)
                 ready = dict(poller.poll(wait))
                 now = time.time()
                 mono = time.monotonic()
