@@ -11,6 +11,7 @@ and not to the polite client.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -181,3 +182,214 @@ def test_a_subscriber_over_its_bound_gets_only_its_share(make_broker: Make, zctx
     assert len(got) == 11 and b"#r11\x00" not in got
     writer.close()
     sub.close()
+
+
+def _fill(store_path: str, room: str, count: int, text: str) -> None:
+    """Put ``count`` messages in ``room`` of a store, before a broker opens it."""
+    from broker import Store
+    from messages import MsgEvent, encode, format_ts
+
+    store = Store(store_path)
+    for seq in range(1, count + 1):
+        ev = MsgEvent(room=room, seq=seq, ts=format_ts(0), from_="filler", text=text)
+        store.add(room, seq, encode(ev), 0.0)
+    store.close()
+
+
+def test_a_client_that_never_reads_its_replies_is_dropped(
+    make_broker: Make, zctx: Any, tmp_path: Any
+) -> None:
+    """Row 2: history of 500 4,000-character messages, asked in a loop and
+    never read, grew the broker by 4 GB. Replies come in pages of at most
+    --max-reply-bytes, history costs a token, and a client that leaves more
+    than --sendq-kb unread is disconnected as a slow consumer."""
+    store = str(tmp_path / "big.db")
+    _fill(store, "general", 600, "x" * 4000)
+    b = make_broker("--sendq-kb", "2048", store=store)
+    before = broker_rss(b)
+    attacker = zctx.socket(zmq.DEALER)
+    attacker.linger = 0
+    attacker.rcvhwm = 1
+    attacker.setsockopt(zmq.RCVBUF, 4096)
+    attacker.connect(from_address(b.endpoint, "127.0.0.2"))
+    with Polite(b) as polite:
+        attacker.send(b'{"type":"hello","nick":"reader"}')
+        attacker.send(b'{"type":"join","room":"general"}')
+        asks = [
+            b'{"type":"history","room":"general","limit":500}',
+            b'{"type":"rooms"}',
+            b'{"type":"commands"}',
+            b'{"type":"who"}',
+        ]
+        for i in range(20_000):
+            attacker.send(asks[i % 4])
+        wait_until(lambda: "(slow)" in b.log_text(), 30, "the slow consumer to be dropped")
+        peak = broker_rss(b)
+        polite.check()
+    attacker.close()
+    assert peak - before < 64 * MIB, f"broker grew {(peak - before) // MIB} MiB"
+    # And a page of history is bounded in bytes, not only in events.
+    c = RawClient(zctx, b.endpoint)
+    _hello(c, "pager", "general")
+    page = c.request({"type": "history", "room": "general", "limit": 500})
+    assert page["more"] and 0 < len(page["events"]) < 500
+    assert len(json.dumps(page)) <= 131_072 and page["first"] == 1
+    c.close()
+    assert b.stop(5) == 0  # SIGTERM is heard at once
+
+
+def test_one_session_cannot_join_every_room(make_broker: Make, zctx: Any) -> None:
+    """Row 5: one session joined 20,000 rooms and then changed nick at the
+    allowed rate: 6.5 million stored events. Joins cost a token, a session
+    has at most --rooms-per-session rooms, a nick change costs a token per
+    room, and an empty room is forgotten from memory."""
+    b = make_broker("--rooms-per-session", "30", "--rate", "50", "--burst", "60")
+    attacker = RawClient(zctx, from_address(b.endpoint, "127.0.0.2"))
+    _hello(attacker, "roomer")
+    with Polite(b) as polite:
+        replies = [attacker.request({"type": "join", "room": f"r{i}"}) for i in range(60)]
+        joined = [r for r in replies if r["type"] == "joined"]
+        refused = [r for r in replies if r["type"] == "error"]
+        assert len(joined) == 30 and {r["code"] for r in refused} == {"limit_reached"}
+        # 30 rooms: a nick change costs 30 tokens; the second at once is refused.
+        assert attacker.request({"type": "nick", "nick": "roomer2"})["type"] == "nick"
+        again = attacker.request({"type": "nick", "nick": "roomer3"})
+        assert again["code"] == "rate_limited" and again["retry_ms"] > 100
+        pong = attacker.request({"type": "ping"})
+        assert len(pong["seqs"]) == 30
+        polite.check()
+    assert attacker.request({"type": "bye"})["type"] == "bye"
+    attacker.close()
+    c = RawClient(zctx, b.endpoint)
+    _hello(c, "looker")
+    rooms = c.request({"type": "rooms"})["rooms"]
+    # Only polite's room is left (its session lasts until it times out).
+    assert [r["name"] for r in rooms] == ["general"]
+    # A forgotten room comes back from the store with its numbering.
+    back = c.request({"type": "join", "room": "r0"})
+    assert back["seq"] == 4  # join, nick, leave (quit) of the attacker, then this join
+    c.close()
+
+
+def test_quitting_and_coming_back_refills_nothing(make_broker: Make, zctx: Any) -> None:
+    """Row 6: hello, join, 40 says, bye, in a loop from one connection, put
+    9,600 events a second into a room limited to 20: each hello started a
+    full bucket. A new session starts with what the last one from its
+    address left, and new sessions from one address are limited too."""
+    import time
+
+    b = make_broker(store=":memory:")
+    attacker = RawClient(zctx, from_address(b.endpoint, "127.0.0.2"))
+    watcher = RawClient(zctx, b.endpoint)
+    _hello(watcher, "watcher", "general")
+    start = time.monotonic()
+    said = sessions = 0
+    with Polite(b) as polite:
+        i = 0
+        while time.monotonic() - start < 3.0:
+            i += 1
+            welcome = attacker.request({"type": "hello", "nick": f"cycle{i}"})
+            if welcome["type"] != "welcome":
+                assert welcome["code"] == "rate_limited"
+                continue
+            sessions += 1
+            attacker.request({"type": "join", "room": "general"})
+            for j in range(40):
+                attacker.send({"type": "say", "room": "general", "text": f"{i}.{j}"})
+            said += sum(attacker.recv()["type"] == "ack" for _ in range(40))
+            attacker.request({"type": "bye"})
+        elapsed = time.monotonic() - start
+        polite.check()
+    # 40 to start with and 20 a second after that, whatever the sessions.
+    assert said <= 40 + 20 * elapsed + 1, f"{said} messages in {elapsed:.1f} s"
+    assert sessions <= 50 + 5 * elapsed + 1
+    attacker.close()
+    watcher.close()
+
+
+def test_join_and_part_in_a_loop_is_rate_limited(make_broker: Make, zctx: Any) -> None:
+    """Row 7: join and part in a loop made 34,650 events a second."""
+    import time
+
+    b = make_broker(store=":memory:")
+    attacker = RawClient(zctx, from_address(b.endpoint, "127.0.0.2"))
+    _hello(attacker, "door")
+    start = time.monotonic()
+    with Polite(b) as polite:
+        while time.monotonic() - start < 2.0:
+            for kind in ("join", "part"):
+                attacker.request({"type": kind, "room": "lobby"})
+        elapsed = time.monotonic() - start
+        polite.check()
+    # The room's numbering counts every join and leave it published.
+    c = RawClient(zctx, b.endpoint)
+    _hello(c, "counter")
+    events = c.request({"type": "join", "room": "lobby"})["seq"] - 1
+    assert 40 <= events <= 40 + 20 * elapsed + 1, f"{events} events in {elapsed:.1f} s"
+    attacker.close()
+    c.close()
+
+
+def test_private_messages_held_for_the_absent_are_bounded(make_broker: Make, zctx: Any) -> None:
+    """Row 8: private messages to 50 nicks whose connections were gone, from
+    sessions made one after another, held 1 GB. What is held is bounded in
+    bytes per recipient and in all, and a pm past the bound is refused with
+    'unavailable' before it is acknowledged: nothing acknowledged is lost."""
+    b = make_broker(
+        "--held-pm-kb", "64", "--held-pm-mb", "1", "--rate", "0", "--timeout-ms", "60000"
+    )
+    before = broker_rss(b)
+    for i in range(50):
+        gone = RawClient(zctx, from_address(b.endpoint, "127.0.0.3"))
+        _hello(gone, f"away{i}")
+        gone.close()
+    text = "y" * 4000
+    acked = refused = 0
+    with Polite(b) as polite:
+        for round_ in range(10):
+            attacker = RawClient(zctx, from_address(b.endpoint, "127.0.0.2"))
+            _hello(attacker, f"sender{round_}")
+            for i in range(50):
+                for _ in range(10):
+                    r = attacker.request({"type": "pm", "to": f"away{i}", "text": text})
+                    acked += r["type"] == "ack"
+                    refused += r.get("code") == "unavailable"
+            attacker.request({"type": "bye"})
+            attacker.close()
+        polite.check()
+    assert refused > 0 and acked + refused == 5000
+    # What was acknowledged is all held: 64 KiB per recipient, 1 MiB in all
+    # (each push is about 4.1 KB), give or take a batch.
+    assert acked * 4100 <= 1 * MIB + 50 * 4100
+    assert broker_rss(b) - before < 32 * MIB
+
+
+def test_a_subscriber_that_never_reads_costs_a_bounded_queue(make_broker: Make, zctx: Any) -> None:
+    """Row 9: a subscriber that never read took 1.4 GB, kept after it left.
+    Its queue holds at most --pub-hwm events; it is disconnected once it has
+    read nothing for --timeout-ms, and the memory goes back to the system."""
+    b = make_broker("--rate", "0", "--pub-hwm", "2000", "--timeout-ms", "2000")
+    before = broker_rss(b)
+    lazy = zctx.socket(zmq.SUB)
+    lazy.linger = 0
+    lazy.rcvhwm = 1
+    lazy.setsockopt(zmq.RCVBUF, 4096)
+    lazy.subscribe(b"#general\x00")
+    lazy.connect(from_address(b.events, "127.0.0.2"))
+    writer = RawClient(zctx, b.endpoint)
+    _hello(writer, "writer", "general")
+    text = "z" * 4000
+    with Polite(b, says=False) as polite:
+        for i in range(20_000):
+            writer.send({"type": "say", "room": "general", "text": text, "id": str(i)})
+            if i % 1000 == 999:
+                while writer.dealer.poll(0):
+                    writer.recv()
+        peak = broker_rss(b)
+        wait_until(lambda: "(slow)" in b.log_text(), 30, "the lazy subscriber to be dropped")
+        polite.check()
+    # 2,000 events of 4 KB queued, and kernel buffers: not 80 MB.
+    assert peak - before < 48 * MIB, f"broker grew {(peak - before) // MIB} MiB"
+    wait_until(lambda: broker_rss(b) - before < 24 * MIB, 15, "the memory to come back")
+    lazy.close()
+    writer.close()
