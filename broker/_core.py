@@ -226,9 +226,13 @@ class Outbox:
     deliver goes back to the core (:meth:`Core.hold`) rather than away.
     ``bulk`` counts, per routing id, the bytes of replies other than the
     acks of ``say``: the shell holds them against the peer's send queue.
+    ``free`` are replies that do not depend on the batch's writes (pongs,
+    errors, lists of who is where): when the store cannot commit the batch,
+    they go out all the same, and the rest waits.
     """
 
     replies: list[tuple[bytes, bytes]] = field(default_factory=list)
+    free: list[tuple[bytes, bytes]] = field(default_factory=list)
     events: list[tuple[bytes, bytes]] = field(default_factory=list)
     notices: list[bytes] = field(default_factory=list)
     pushes: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -236,10 +240,11 @@ class Outbox:
 
     def reply(self, ident: bytes, msg: msgspec.Struct) -> None:
         frame = encode(msg)
-        self.replies.append((ident, frame))
+        (self.free if type(msg) in _FREE else self.replies).append((ident, frame))
         self.bulk[ident] = self.bulk.get(ident, 0) + len(frame)
 
     def clear(self) -> None:
+        self.free.clear()
         self.replies.clear()
         self.events.clear()
         self.notices.clear()
@@ -247,7 +252,7 @@ class Outbox:
         self.bulk.clear()
 
     def __bool__(self) -> bool:
-        return bool(self.replies or self.events or self.notices or self.pushes)
+        return bool(self.replies or self.free or self.events or self.notices or self.pushes)
 
 
 class Core:
@@ -1048,5 +1053,7 @@ _COST: dict[type, int] = {
     Rooms: 1,
     Commands: 1,
 }
+# Replies that tell nothing the batch's writes could take back.
+_FREE = frozenset({Pong, WhoReply, RoomsReply, CommandsReply, Offered, Welcome, Error, Notice})
 # What writes to the store, and is refused while it cannot take writes.
 _WRITES = frozenset({Join, Part, Say, Pm, Nick, Topic, Bye})

