@@ -291,8 +291,9 @@ class Config:
     )
     pub_hwm: int = _opt(
         10_000,
-        "events queued per subscriber before PUB drops (clients then repair from history)",
-        parse=_positive,
+        "events queued per subscriber before PUB drops (clients then repair from "
+        "history); 0: no limit, for benchmarks that count deliveries",
+        parse=_count,
         metavar="N",
         group="connections",
     )
