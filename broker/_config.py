@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -208,6 +209,13 @@ class Config:
         50, "the burst of --hello-rate", parse=_positive, metavar="N", group="rates"
     )
     # ---------------------------------------------------- what is held in all
+    max_sessions: int = _opt(
+        50_000,
+        "sessions in all (a session outlives its connection for --timeout-ms)",
+        parse=_positive,
+        metavar="N",
+        group="held",
+    )
     sessions_per_address: int = _opt(
         64,
         "sessions one client address may have at once",
@@ -362,6 +370,20 @@ def from_args(args: argparse.Namespace, **overrides: Any) -> Config:
     values = {f.name: getattr(args, f.name) for f in flags()}
     values.update(overrides)
     return Config(**values)
+
+
+def address_key(ip: str) -> str:
+    """The client address that per-address bounds count: the IP, or for
+    IPv6 its /64, which one customer usually holds whole (as Ergo does)."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return ip
 
 
 def default_store() -> str:

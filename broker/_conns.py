@@ -63,7 +63,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from messages import NOTICE_TOPIC, is_room
 
-from ._config import KIB, MIB, Config
+from ._config import KIB, MIB, Config, address_key
 
 log = logging.getLogger("zchat.broker")
 
@@ -188,7 +188,7 @@ class Conn:
     def __init__(self, fd: int, peer: Any, kind: str, now: float) -> None:
         self.fd = fd
         self.peer = peer
-        self.addr = peer[0] if isinstance(peer, tuple) else ""
+        self.addr = address_key(peer[0]) if isinstance(peer, tuple) else ""
         self.kind = kind
         self.since = now
         self.idents: set[bytes] = set()

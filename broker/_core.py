@@ -528,6 +528,11 @@ class Core:
         """Let a new session in from ``a``, or say why not; returns the
         tokens its bucket starts with."""
         c = self.config
+        if len(self.sessions) >= c.max_sessions:
+            raise ProtocolError(
+                Code.LIMIT_REACHED,
+                f"the broker has {len(self.sessions)} sessions, its most; try again later",
+            )
         if a.sessions >= c.sessions_per_address:
             raise ProtocolError(
                 Code.LIMIT_REACHED,

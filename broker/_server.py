@@ -44,7 +44,7 @@ import zmq
 
 from messages import NOTICE_TOPIC, Code, Hello, ProtocolError, Say, decode_request
 
-from ._config import Config
+from ._config import Config, address_key
 from ._conns import Connections
 from ._core import VERSION, BatchHandler, Core, Outbox, error_reply
 from ._keys import Guard, load_secret, secure
@@ -94,7 +94,7 @@ def wildcard_host(endpoint: str) -> bool:
 
 def _peer_address(frame: zmq.Frame) -> str:
     try:
-        return str(frame.get("Peer-Address"))
+        return address_key(str(frame.get("Peer-Address")))
     except zmq.ZMQError:
         return ""  # ipc and inproc have none
 

@@ -397,3 +397,155 @@ def test_a_private_message_follows_a_session_taken_over_in_the_same_batch() -> N
     handle(b"a", m.Pm(to="bob", text="hi", id="1"))
     handle(b"b2", m.Hello(nick="bob", token=token))  # bob is back on a new connection
     assert [to for to, _ in out.pushes] == [b"b2"]
+
+
+# ------------------------------------------------------------ issue 11 bounds
+
+
+def hello_from(w: World, ident: bytes, nick: str, addr: str, *rooms: str) -> Any:
+    out = Outbox()
+    w.core.handle(ident, m.Hello(nick=nick), w.now, out, addr=addr)
+    replies = [msg for to, msg in w._flush(out) if to == ident]
+    for room in rooms:
+        assert isinstance(w.ask(ident, m.Join(room=room)), m.Joined)
+    return replies[0]
+
+
+def test_sessions_of_an_address_share_a_bucket() -> None:
+    w = World(rate=100.0, burst=100, address_rate=1.0, address_burst=10)
+    hello_from(w, b"a", "alice", "10.0.0.1", "general")
+    hello_from(w, b"b", "bob", "10.0.0.1", "general")
+    hello_from(w, b"c", "carol", "10.0.0.2", "general")
+    said = [w.ask(ident, m.Say(room="general", text="x")) for ident in (b"a", b"b") * 6]
+    # 10 for both together, less the two joins.
+    assert sum(isinstance(r, m.Ack) for r in said) == 8
+    refused = [r for r in said if isinstance(r, m.Error)]
+    assert refused[0].code == "rate_limited" and "your address" in refused[0].message
+    assert isinstance(w.ask(b"c", m.Say(room="general", text="other address")), m.Ack)
+
+
+def test_a_new_session_from_an_address_starts_where_the_last_left() -> None:
+    w = World(rate=2.0, burst=10)
+    hello_from(w, b"a", "alice", "10.0.0.1", "general")
+    for _ in range(9):
+        assert isinstance(w.ask(b"a", m.Say(room="general", text="x")), m.Ack)
+    w.ask(b"a", m.Bye())
+    hello_from(w, b"a2", "alice2", "10.0.0.1")  # nothing left: even a join waits
+    assert code(w.ask(b"a2", m.Join(room="general"))) == "rate_limited"
+    hello_from(w, b"b", "bob", "10.0.0.9")  # another address has its own
+    assert isinstance(w.ask(b"b", m.Join(room="general")), m.Joined)
+    w.now += 1.0  # two tokens back
+    assert isinstance(w.ask(b"a2", m.Join(room="general")), m.Joined)
+
+
+def test_new_sessions_per_address_and_sessions_in_all() -> None:
+    w = World(hello_rate=1.0, hello_burst=3, sessions_per_address=4, max_sessions=6)
+    for i in range(3):
+        assert isinstance(hello_from(w, b"%d" % i, f"n{i}", "10.0.0.1"), m.Welcome)
+    assert hello_from(w, b"3", "n3", "10.0.0.1").code == "rate_limited"
+    w.now += 1.0
+    assert isinstance(hello_from(w, b"3", "n3", "10.0.0.1"), m.Welcome)
+    w.now += 10.0
+    assert hello_from(w, b"4", "n4", "10.0.0.1").code == "limit_reached"
+    assert isinstance(hello_from(w, b"5", "m5", "10.0.0.2"), m.Welcome)
+    assert isinstance(hello_from(w, b"6", "m6", "10.0.0.2"), m.Welcome)
+    assert hello_from(w, b"7", "m7", "10.0.0.3").code == "limit_reached"  # six in all
+
+
+def test_rooms_are_bounded_and_an_empty_room_is_forgotten() -> None:
+    w = World(rooms_per_session=2, max_rooms=3, rate=0)
+    w.hello(b"a", "alice", "one", "two")
+    assert code(w.ask(b"a", m.Join(room="three"))) == "limit_reached"
+    w.hello(b"b", "bob", "three")
+    assert code(w.ask(b"b", m.Join(room="four"))) == "limit_reached"  # three in all
+    w.ask(b"a", m.Topic(room="one", topic="kept"))
+    w.ask(b"a", m.Part(room="one"))
+    assert "one" not in w.core.rooms
+    again = w.ask(b"b", m.Join(room="one"))
+    assert (again.seq, again.topic) == (4, "kept")  # join, topic, leave, this join
+
+
+def test_private_messages_held_for_an_absent_recipient_are_bounded() -> None:
+    w = World(held_pm_kb=1, rate=0)
+    w.hello(b"a", "alice")
+    w.hello(b"b", "bob")
+    pushed = [w.ask(b"a", m.Pm(to="bob", text="y" * 300, id=str(i))) for i in range(2)]
+    assert all(isinstance(r, m.Ack) for r in pushed)
+    # The shell could not deliver them: bob's connection is gone.
+    push = m.encode(m.PmPush(from_="alice", to="bob", text="y" * 380, ts=m.format_ts(T0)))
+    for _ in range(2):
+        w.core.hold(b"b", push)
+    refused = w.ask(b"a", m.Pm(to="bob", text="y" * 300, id="3"))
+    assert refused.code == "unavailable" and refused.retry_ms > 0
+    assert w.core.held_total == 2 * len(push)
+    back = w.send(b"b", m.Ping())  # bob is back: what was held goes to him
+    assert [type(msg).__name__ for _, msg in back] == ["Pong", "PmPush", "PmPush"]
+    assert w.core.held_total == 0
+    assert isinstance(w.ask(b"a", m.Pm(to="bob", text="again", id="4")), m.Ack)
+
+
+def test_a_read_only_store_refuses_writes_and_answers_reads() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general")
+    w.core.read_only = True
+    for req in (
+        m.Say(room="general", text="x"),
+        m.Join(room="dev"),
+        m.Part(room="general"),
+        m.Nick(nick="alicia"),
+        m.Topic(room="general", topic="t"),
+        m.Bye(),
+    ):
+        r = w.ask(b"a", req)
+        assert r.code == "unavailable" and r.retry_ms > 0, req
+    assert isinstance(w.ask(b"a", m.Who(room="general")), m.WhoReply)
+    assert isinstance(w.ask(b"a", m.History(room="general")), m.HistoryReply)
+    w.now += 60
+    assert w.expire() == [] and b"a" in w.core.sessions  # no timeouts meanwhile
+    w.core.read_only = False
+    assert isinstance(w.ask(b"a", m.Say(room="general", text="x")), m.Ack)
+
+
+def test_nicks_that_look_alike_clash() -> None:
+    w = World()
+    w.hello(b"a", "alice")
+    for nick in ("aIice", "a1ice", "ALlCE"):
+        r = w.ask(b"b", m.Hello(nick=nick))
+        assert r.code == "nick_taken" and "alice" in r.message
+    w.hello(b"b", "rnary")
+    assert code(w.ask(b"c", m.Hello(nick="mary"))) == "nick_taken"
+    assert code(w.ask(b"b", m.Nick(nick="aIice"))) == "nick_taken"
+    assert isinstance(w.ask(b"a", m.Nick(nick="ALICE")), m.NickReply)  # one's own
+
+
+def test_long_lists_come_in_pages() -> None:
+    w = World(max_reply_bytes=1536, rate=0, sessions_per_address=1000)
+    for i in range(150):
+        w.hello(b"%d" % i, f"user{i:03d}", "general")
+    seen: list[str] = []
+    after = None
+    while True:
+        page = w.ask(b"0", m.Who(room="general", after=after))
+        seen += [u.nick for u in page.users]
+        if not page.more:
+            break
+        after = page.users[-1].nick.lower()
+    assert seen == [f"user{i:03d}" for i in range(150)]
+    assert len(msgspec.json.encode(page)) <= 1536
+    joined = w.ask(b"0", m.Join(room="general"))
+    assert joined.member_count == 150 and 0 < len(joined.members) < 150
+    for i in range(30):
+        w.ask(b"0", m.Say(room="general", text=f"{i} " + "z" * 200))
+    h = w.ask(b"0", m.History(room="general", limit=500))
+    assert h.more and 0 < len(h.events) < 30 and h.events[-1]
+    rooms = w.ask(b"0", m.Rooms())
+    assert rooms.rooms[0].member_count == 150 and len(rooms.rooms[0].members) == 50
+
+
+def test_the_address_that_limits_count_is_the_ip_or_an_ipv6_slash_64() -> None:
+    from broker._config import address_key
+
+    assert address_key("10.1.2.3") == "10.1.2.3"
+    assert address_key("2001:db8::1") == address_key("2001:db8::ffff:abcd") == "2001:db8::/64"
+    assert address_key("2001:db8:0:1::1") != address_key("2001:db8::1")
+    assert address_key("::ffff:10.1.2.3") == "10.1.2.3"
