@@ -162,8 +162,9 @@ class Server:
         self.pub.setsockopt(zmq.SNDHWM, o.pub_hwm)
         self.pub.setsockopt(zmq.XPUB_MANUAL, 1)
         # Subscribers send only subscriptions: a small limit stops a peer
-        # from pushing large frames at the event socket.
-        self.pub.setsockopt(zmq.MAXMSGSIZE, 256)
+        # from pushing large frames at the event socket. Not smaller: a
+        # CURVE handshake's INITIATE command is about 300 bytes.
+        self.pub.setsockopt(zmq.MAXMSGSIZE, 1024)
         self.pub.setsockopt(zmq.RCVHWM, 1000)
         self.router.bind(o.bind)
         self.pub.bind(o.publish)

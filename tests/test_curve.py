@@ -82,6 +82,15 @@ def test_curve_clients_chat(make_broker: Callable[..., Broker], keys: Path) -> N
                 item = await bob.next_item(10)
                 if isinstance(item, MsgEvent) and item.text == "encrypted hello":
                     break
+            # Once bob's subscriber is through the CURVE handshake, events
+            # come over the event socket, not from history.
+            repaired = bob.stats["repaired"]
+            await alice.say("general", "second")
+            while True:
+                item = await bob.next_item(10)
+                if isinstance(item, MsgEvent) and item.text == "second":
+                    break
+            assert bob.stats["repaired"] == repaired
             await bob.pm("alice", "secret")
 
     run(body())
