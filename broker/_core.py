@@ -275,6 +275,7 @@ class Core:
         self.rooms: dict[str, Room] = {}  # the rooms with people in them
         self.addresses: dict[str, Address] = {}
         self._idle_addresses: set[str] = set()
+        self._next_forget = 0.0
         self.recent = Recent(min(config.dedup_max, config.dedup_mb * MIB // ENTRY_MAX_BYTES))
         self.claims: Claims | None = None
         if config.curve:
@@ -943,9 +944,11 @@ class Core:
 
     def _forget_addresses(self, now: float) -> None:
         """Drop what is known of addresses with no session once their buckets
-        would be full again anyway."""
-        if not self._idle_addresses:
+        would be full again anyway (looked at once a second: expire runs at
+        every turn of the loop)."""
+        if not self._idle_addresses or now < self._next_forget:
             return
+        self._next_forget = now + 1.0
         c = self.config
         refill_s = max(
             c.burst / c.rate if c.rate else 0.0,
