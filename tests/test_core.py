@@ -436,6 +436,14 @@ def test_a_new_session_from_an_address_starts_where_the_last_left() -> None:
     assert isinstance(w.ask(b"b", m.Join(room="general")), m.Joined)
     w.now += 1.0  # two tokens back
     assert isinstance(w.ask(b"a2", m.Join(room="general")), m.Joined)
+    # An address with no session is forgotten once its buckets would be full.
+    for ident in (b"a2", b"b"):
+        w.ask(ident, m.Bye())
+    w.expire()
+    assert set(w.core.addresses) == {"10.0.0.1", "10.0.0.9"}
+    w.now += 60
+    w.expire()
+    assert w.core.addresses == {}
 
 
 def test_new_sessions_per_address_and_sessions_in_all() -> None:
