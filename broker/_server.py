@@ -17,8 +17,9 @@ Socket options are set on purpose (see ``shared/zeromq-notes.md``):
   choose routing ids and resume sessions by token); ``MAXMSGSIZE`` set
   before bind; ``LINGER`` 0 while serving, so what a disconnected peer left
   queued is freed at once (it is set again before closing).
-* both: ZMTP heartbeats, so a half-open TCP connection is closed; a
-  handshake deadline, so a bare TCP connection does not hold a descriptor.
+* both: TCP keepalive, so a half-open TCP connection is closed (not ZMTP
+  heartbeats: see ``_setup_sockets``); a handshake deadline, so a bare TCP
+  connection does not hold a descriptor.
 * the event socket is an XPUB with manual subscriptions: each subscription
   is checked (a room topic or ``*``, a bounded number per subscriber) before
   it is applied, so junk costs libzmq nothing; a subscriber that still
@@ -150,9 +151,18 @@ class Server:
     def _setup_sockets(self, o: Config) -> None:
         for sock in (self.router, self.pub):
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, max(1000, o.heartbeat_ms))
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(2000, o.timeout_ms))
-            sock.setsockopt(zmq.HEARTBEAT_TTL, min(max(2000, o.timeout_ms), 6_553_000))
+            # TCP keepalive, not ZMTP heartbeats, closes half-open
+            # connections: libzmq 4.3.5 aborts the process (!_io_error,
+            # stream_engine_base.cpp) when a heartbeat falls due on a
+            # connection that died while its input was stopped, and a client
+            # stops its input at will by filling its queue of requests. A
+            # dead peer with data waiting for it is also caught by the
+            # connection scan, and a session has its own timeout.
+            idle = max(1, o.heartbeat_ms // 1000)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, idle)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
             sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 0 if o.curve else 1)
