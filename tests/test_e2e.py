@@ -136,9 +136,11 @@ def test_memory_store_restart_restarts_numbering(make_broker: Callable[..., Brok
 def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
     make_broker: Callable[..., Broker],
 ) -> None:
-    """History trimmed by --retain-days can leave a hole nobody can fill:
-    after a restart the client learns (pong) that the room went on, history
-    starts past the hole, and the client delivers from there."""
+    """History trimmed by retention can leave a hole nobody can fill: after
+    a restart the client learns that the room went on, history's ``first``
+    says the store starts past the hole, and the client delivers from there."""
+    import time
+
     from broker import Store
     from messages import encode, format_ts
 
@@ -149,14 +151,20 @@ def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
             ack = await reader.say("general", "before")
             await _until(reader, lambda i: isinstance(i, MsgEvent) and i.text == "before")
             b.kill()
-            # What the broker stored while the reader was away, of which
-            # the first four events were trimmed since.
+            # What the broker stored while the reader was away; retention
+            # then dropped everything older than the last three.
             store = Store(b.store)
-            for seq in range(ack.seq + 5, ack.seq + 8):
+            for seq in range(ack.seq + 1, ack.seq + 8):
                 ev = MsgEvent(
                     room="general", seq=seq, ts=format_ts(0), from_="w", text=f"kept {seq}"
                 )
-                store.add("general", seq, encode(ev), 0.0)
+                kept = seq >= ack.seq + 5
+                store.add("general", seq, encode(ev), time.time() + 3600 if kept else 0.0)
+                if seq == ack.seq + 4:
+                    store.commit()  # the kept ones in a segment of their own
+            store.commit()
+            store.trim(time.time())
+            assert store.first_seq("general") == ack.seq + 5
             store.close()
             b.start()
             got = await _until(
@@ -165,5 +173,6 @@ def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
             assert got.seq == ack.seq + 5
             rest = [await _until(reader, lambda i: isinstance(i, MsgEvent)) for _ in range(2)]
             assert [e.seq for e in rest] == [ack.seq + 6, ack.seq + 7]
+            assert reader.stats["skipped"] == 4
 
     run(body(), 60)
