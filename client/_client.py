@@ -309,8 +309,20 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+        if kind == zmq.SUB:
+            # No ZMTP heartbeats on the SUB: we stop reading it when our
+            # reader is behind, and libzmq 4.3.5 aborts the whole process
+            # (``!_io_error``, stream_engine_base.cpp:310) when a heartbeat
+            # falls due on a connection lost while its input was stopped,
+            # as when the broker dies under a lagging subscriber. TCP
+            # keepalive finds a dead peer instead, in about 20 s.
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 5)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+        else:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
         if self.curve is not None:
             sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve.server_public)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)

@@ -16,7 +16,16 @@ from typing import Any
 from client import Client, Disconnected, Reconnected
 from messages import JoinEvent, LeaveEvent, MsgEvent, NickEvent, TopicEvent
 
-from .chaos import Tail, check_exact, event_row, full_speed_chaos, run_chaos, until
+from .chaos import (
+    RawSender,
+    Tail,
+    check_exact,
+    event_row,
+    full_speed_chaos,
+    room_history,
+    run_chaos,
+    until,
+)
 from .helpers import ROOT, Broker, RawClient, run, wait_until
 
 
@@ -104,6 +113,43 @@ def test_a_slow_client_at_full_speed_through_crash_chaos(
         )
 
     run(body(), 200)
+
+
+def test_a_tail_stalled_through_a_broker_kill_lives_and_misses_nothing(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """Nobody reads the tail while a flood fills its SUB queue, the broker is
+    killed, and the stall outlasts a heartbeat interval: libzmq 4.3.5 would
+    abort the tail there if its SUB had ZMTP heartbeats. Then it reads on
+    and prints the room's history exactly."""
+    b = make_broker(*FULL_SPEED)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-test")
+    tail = Tail(b.endpoint, env, hold=True)
+    stop = threading.Event()
+    sender = RawSender(b.endpoint)
+    flood = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    try:
+        wait_until(lambda: tail.lines, 30, "the tail's own join")
+        flood.start()
+        # More than the tail can queue: its SUB stops reading for good.
+        wait_until(lambda: len(sender.acked) > 200_000, 60, "the flood")
+        stop.set()
+        flood.join(60)
+        b.kill()
+        threading.Event().wait(6)  # the outage, longer than a 5 s heartbeat interval
+        assert tail.proc.poll() is None, "the tail died while it was stalled"
+        b.start()
+        tail.release()
+        history = room_history(b.endpoint)
+        last = history[-1]["seq"]
+        wait_until(
+            lambda: tail.proc.poll() is not None or tail.last_seq() >= last, 90, f"seq {last}"
+        )
+        assert tail.proc.poll() is None, "the tail died"
+        check_exact(sender, history, tail.got(), "the stalled tail")
+    finally:
+        stop.set()
+        tail.close()
 
 
 def test_frozen_client_times_out_and_comes_back(broker: Broker, zctx: Any) -> None:
