@@ -18,6 +18,7 @@ from messages import JoinEvent, LeaveEvent, MsgEvent, NickEvent, TopicEvent
 
 from .chaos import (
     RawSender,
+    Row,
     Tail,
     check_exact,
     event_row,
@@ -67,7 +68,7 @@ def test_tail_at_full_speed_through_crash_chaos(make_broker: Callable[..., Broke
     try:
         wait_until(lambda: tail.lines, 30, "the tail's own join")
         chaos = run(full_speed_chaos(b, seconds=7, seed=4), 120)
-        last = chaos.history[-1]["seq"]
+        last = chaos.history[-1][0]
         wait_until(lambda: tail.last_seq() >= last, 90, f"the tail to print up to {last}")
         check_exact(chaos.sender, chaos.history, tail.got(), "zchat tail")
     finally:
@@ -86,7 +87,7 @@ def test_a_slow_client_at_full_speed_through_crash_chaos(
 
     async def body() -> None:
         async with Client(b.endpoint, "slow") as c:
-            got: list[tuple[int, str, str | None]] = []
+            got: list[Row] = []
 
             async def consume() -> None:
                 async for item in c.items():
@@ -98,7 +99,7 @@ def test_a_slow_client_at_full_speed_through_crash_chaos(
             consumer = asyncio.ensure_future(consume())
             try:
                 chaos = await full_speed_chaos(b, seconds=7, seed=4)
-                last = chaos.history[-1]["seq"]
+                last = chaos.history[-1][0]
                 await until(lambda: bool(got) and got[-1][0] >= last, 90, f"seq {last}")
             finally:
                 consumer.cancel()
@@ -141,7 +142,7 @@ def test_a_tail_stalled_through_a_broker_kill_lives_and_misses_nothing(
         b.start()
         tail.release()
         history = room_history(b.endpoint)
-        last = history[-1]["seq"]
+        last = history[-1][0]
         wait_until(
             lambda: tail.proc.poll() is not None or tail.last_seq() >= last, 90, f"seq {last}"
         )
