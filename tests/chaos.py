@@ -402,6 +402,7 @@ class FullSpeed:
     sender: RawSender
     killer: Killer
     history: list[Row]
+    ended: float  # time.monotonic() when the last message was acknowledged
 
     @property
     def messages(self) -> int:
@@ -431,8 +432,9 @@ async def full_speed_chaos(
         stop.set()  # both threads end by themselves once told
     await killing
     await sending
+    ended = time.monotonic()
     history = await asyncio.to_thread(room_history, broker.endpoint)
-    return FullSpeed(sender, killer, history)
+    return FullSpeed(sender, killer, history, ended)
 
 
 def ranges(seqs: list[int]) -> list[tuple[int, int]]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from client import Client
@@ -42,7 +44,50 @@ def _broker(tmp: Path, *args: str) -> Broker:
     return Broker(workdir, "-q", "--timeout-ms", "3000", "--heartbeat-ms", "500", *args).start()
 
 
-async def _chaos(b: Broker, seconds: float, seed: int) -> list[tuple[str, str, str]]:
+@dataclass
+class Chaos:
+    """What one full-speed chaos run did, per subscriber."""
+
+    seconds: float
+    messages: int
+    kills: int
+    stats: dict[str, dict[str, int]]  # the two clients' counters
+    caught_up: dict[str, float]  # seconds after the traffic stopped
+    tail_events: int
+    tail_recovered: int  # what zchat tail said it recovered at reconnects
+    tail_skipped: int  # events zchat tail said were gone
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        lag, prompt = self.stats["lagging"], self.stats["prompt"]
+        return [
+            (
+                f"chaos at full speed, {self.seconds:g} s",
+                f"{self.messages:,} msgs",
+                f"{self.kills} SIGKILLs, {self.messages / self.seconds:,.0f} msg/s; every ack "
+                "delivered once, in order, to 3 subscribers (2 clients, zchat tail)",
+            ),
+            (
+                "chaos, lagging client",
+                f"{lag['repaired']:,} repaired",
+                f"{lag['skipped']} events skipped; caught up {self.caught_up['lagging']:.1f} s "
+                f"after the traffic; {lag['reconnects']} reconnects",
+            ),
+            (
+                "chaos, prompt client",
+                f"{prompt['repaired']:,} repaired",
+                f"{prompt['skipped']} events skipped, {prompt['duplicates']:,} duplicates dropped",
+            ),
+            (
+                "chaos, zchat tail",
+                f"{self.tail_events:,} events",
+                f"{self.tail_skipped} skipped, {self.tail_recovered:,} recovered at reconnects; "
+                f"reader stalled 0.5 s every 20,000 lines; caught up "
+                f"{self.caught_up['tail']:.1f} s after the traffic",
+            ),
+        ]
+
+
+async def _chaos(b: Broker, seconds: float, seed: int) -> Chaos:
     """The full-speed chaos with three subscribers; raises if any of them
     did not deliver exactly the room's history."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-bench")
@@ -69,7 +114,6 @@ async def _chaos(b: Broker, seconds: float, seed: int) -> list[tuple[str, str, s
         ]
         await until(lambda: bool(tail.lines), 30, "the tail's join")
         chaos = await full_speed_chaos(b, seconds=seconds, seed=seed)
-        stopped = time.monotonic()
         last = chaos.history[-1][0]
         done = {
             "prompt": lambda: bool(got["prompt"]) and got["prompt"][-1][0] >= last,
@@ -80,7 +124,7 @@ async def _chaos(b: Broker, seconds: float, seed: int) -> list[tuple[str, str, s
         def all_done() -> bool:
             for name, cond in done.items():
                 if name not in caught_up and cond():
-                    caught_up[name] = time.monotonic() - stopped
+                    caught_up[name] = time.monotonic() - chaos.ended
             return len(caught_up) == len(done)
 
         await until(all_done, 600, f"every subscriber to deliver up to seq {last}")
@@ -99,32 +143,18 @@ async def _chaos(b: Broker, seconds: float, seed: int) -> list[tuple[str, str, s
         tail.close()
     if failures:
         raise AssertionError("; ".join(failures))
-    lag, prompt = stats["lagging"], stats["prompt"]
-    return [
-        (
-            f"chaos at full speed, {seconds:g} s",
-            f"{chaos.messages:,} msgs",
-            f"{chaos.killer.kills} SIGKILLs, {chaos.messages / seconds:,.0f} msg/s; every ack "
-            "delivered once, in order, to 3 subscribers (2 clients, zchat tail)",
-        ),
-        (
-            "chaos, lagging client",
-            f"{lag['repaired']:,} repaired",
-            f"{lag['skipped']} events skipped; caught up {caught_up['lagging']:.1f} s "
-            f"after the traffic; {lag['reconnects']} reconnects",
-        ),
-        (
-            "chaos, prompt client",
-            f"{prompt['repaired']:,} repaired",
-            f"{prompt['skipped']} events skipped, {prompt['duplicates']:,} duplicates dropped",
-        ),
-        (
-            "chaos, zchat tail",
-            f"{len(tail.lines):,} events",
-            f"reader stalled 0.5 s every 20,000 lines; caught up "
-            f"{caught_up['tail']:.1f} s after the traffic",
-        ),
-    ]
+    said = tail.stderr.decode(errors="replace")
+    gone = re.findall(r"events (\d+)\.\.(\d+) are gone", said)
+    return Chaos(
+        seconds=seconds,
+        messages=chaos.messages,
+        kills=chaos.killer.kills,
+        stats=stats,
+        caught_up=caught_up,
+        tail_events=len(tail.lines),
+        tail_recovered=sum(int(n) for n in re.findall(r"reconnected, (\d+) missed", said)),
+        tail_skipped=sum(int(b) - int(a) + 1 for a, b in gone),
+    )
 
 
 async def _slow_joiner(b: Broker, i: int) -> int:
@@ -170,7 +200,7 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
         tmp = Path(tmpdir)
         b = _broker(tmp, "--rate", "0")
         try:
-            rows += asyncio.run(_chaos(b, 8 if quick else 30, seed=7))
+            rows += asyncio.run(_chaos(b, 8 if quick else 30, seed=7)).rows()
         finally:
             b.close()
         b = _broker(tmp)
@@ -201,6 +231,41 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
     return rows
 
 
+def repeat(runs: int, seconds: float) -> int:
+    """Issue 12's scenario ``runs`` times in a row, one line each; stops at
+    the first run where a subscriber missed something (status 1)."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for seed in range(1, runs + 1):
+            b = _broker(Path(tmpdir), "--rate", "0")
+            try:
+                r = asyncio.run(_chaos(b, seconds, seed=seed))
+            except AssertionError as err:
+                print(f"run {seed}: FAILED: {err}", flush=True)
+                return 1
+            finally:
+                b.close()
+            lag, prompt = r.stats["lagging"], r.stats["prompt"]
+            print(
+                f"run {seed}: {r.messages:,} msgs, {r.kills} kills; repaired: lagging client "
+                f"{lag['repaired']:,}, prompt client {prompt['repaired']:,}, tail "
+                f"{r.tail_recovered:,} at reconnects; skipped {lag['skipped']}/"
+                f"{prompt['skipped']}/{r.tail_skipped}; tail printed {r.tail_events:,}, "
+                f"caught up {r.caught_up['tail']:.1f} s (lagging client "
+                f"{r.caught_up['lagging']:.1f} s) after the traffic",
+                flush=True,
+            )
+    return 0
+
+
 if __name__ == "__main__":
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m tests.bench.bench_faults")
+    p.add_argument("--repeat", type=int, metavar="N", help="issue 12's scenario N times")
+    p.add_argument("--seconds", type=float, default=30.0, help="traffic per run (default 30)")
+    args = p.parse_args()
+    if args.repeat:
+        sys.exit(repeat(args.repeat, args.seconds))
     for row in run():
         print(" | ".join(row))
