@@ -436,7 +436,10 @@ class Client:
         """Send a request and wait for its reply, across reconnects.
 
         The request is kept until answered: if the connection is lost it is
-        sent again, with the same id, once the client is back.
+        sent again, with the same id, once the client is back. With
+        ``retry_rate_limited``, a refusal that only says "not now"
+        (``rate_limited``, or ``unavailable`` while the broker's store is
+        full) is waited out (``retry_ms``) and the request asked again.
 
         Raises:
             ZchatError: the broker answered with an ``error``.
@@ -459,7 +462,7 @@ class Client:
             finally:
                 self._pending.pop(rid, None)
             if isinstance(reply, Error):
-                if reply.code == "rate_limited" and retry_rate_limited:
+                if reply.code in RETRY_CODES and retry_rate_limited:
                     await asyncio.sleep((reply.retry_ms or 100) / 1000)
                     continue
                 raise ZchatError(reply.code, reply.message, retry_ms=reply.retry_ms)
@@ -703,7 +706,8 @@ class Client:
         self._apply(self._seq.page(fetch, events, more=reply.more, first=reply.first))
 
     def _stop_fetches(self) -> None:
-        """Drop every fetch in flight (the sequencer forgets them too)."""
+        """Drop every fetch in flight: the connection they went on is gone,
+        and :meth:`Sequencer.reconnected` forgets them."""
         for task in self._fetching.values():
             task.cancel()
         self._fetching.clear()
