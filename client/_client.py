@@ -697,7 +697,7 @@ class Client:
         events = []
         for body in reply.events:
             try:
-                ev = decode_event(bytes(body))  # type: ignore[call-overload]
+                ev = decode_event(bytes(body))
             except ProtocolError as err:
                 log.warning("ignoring an event from history: %s", err)
                 continue
