@@ -6,20 +6,23 @@ events it can miss are those before its subscription took effect; the
 ``joined`` reply names the seq of its own join event, and anything after
 that which PUB fails to deliver shows up as a hole in ``seq``.
 
-Per room, the client remembers the last seq it delivered. An event with a
-lower or equal seq is a duplicate and is dropped; the next seq is
-delivered; a later one is held back while the hole before it is fetched
-with ``history``. A ``pong`` whose ``seqs`` is ahead of what was delivered
-also starts a repair, so a lost last event is found too.
+Which events to deliver, which to hold back and which ranges to fetch from
+``history`` is decided by a :class:`~client._sequencer.Sequencer`, which
+does no I/O. The client feeds it every input (events from the SUB,
+``joined`` replies, pongs, history pages, and a reconnect with the same or
+another store) and does what it answers: it queues the events for
+:meth:`Client.items` and makes the fetches, at most one per room at a time.
 
 Every request carries an id unique to this client. Requests wait in
 ``_pending`` until their reply arrives. When the broker stops answering
 (nothing for ``timeout_ms``), restarts (``epoch`` changes) or forgets the
 session (``no_session``), the client recovers: a new DEALER with the same
 routing id, ``hello`` with the same nick and token, a ``join`` of every
-room, repair of each room up to its ``joined.seq``, and then every pending
-request is sent again. The broker answers a resent ``say`` or ``pm`` with
-its first ``ack``, so nothing is published twice.
+room (whose reply tells the sequencer what was missed meanwhile), and then
+every pending request is sent again. The broker answers a resent ``say`` or
+``pm`` with its first ``ack``, so nothing is published twice. The client's
+own calls (``hello``, the rejoins, history for repair) wait and try again
+when refused with ``rate_limited`` or ``unavailable``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
 import msgspec
@@ -40,6 +43,7 @@ import zmq.asyncio
 
 from messages import (
     DEFAULT_ROOM,
+    HISTORY_MAX,
     NOTICE_TOPIC,
     Ack,
     Bye,
@@ -86,12 +90,17 @@ from messages import (
     room_topic,
 )
 
+from ._sequencer import Fetch, Sequencer, Step
+
 log = logging.getLogger("zchat.client")
 
 T = TypeVar("T")
 
 BACKOFF_MAX_S = 2.0
 BACKLOG_HIGH = 10_000
+# Refusals that only say "not now": the client's own calls wait retry_ms
+# and ask again, and never give a room up over them.
+RETRY_CODES = frozenset({"rate_limited", "unavailable"})
 
 
 class ZchatError(Exception):
@@ -151,15 +160,6 @@ class CurveKeys:
 
 
 @dataclass
-class _Room:
-    name: str
-    last: int | None = None  # last seq delivered; None until joined
-    held: dict[int, Any] = field(default_factory=dict)  # seq -> event, past a hole
-    repairing: bool = False
-    joined: bool = False
-
-
-@dataclass
 class _Pending:
     msg: Any
     future: asyncio.Future[Any]
@@ -212,7 +212,12 @@ class Client:
         self.routing_id = b"zc-" + secrets.token_hex(8).encode()
         self._id_prefix = secrets.token_hex(4) + "-"
         self._next_id = 0
-        self._rooms: dict[str, _Room] = {}
+        self._rooms: dict[str, bool] = {}  # followed rooms: joined or not
+        self._seq: Sequencer[Any] = Sequencer()
+        self._fetching: dict[str, asyncio.Task[Any]] = {}
+        # A Reconnected owed once the rooms have what they missed:
+        # (restarted, stats["repaired"] when it began, {room: joined seq}).
+        self._owed: tuple[bool, int, dict[str, int]] | None = None
         self._want_rooms = [
             check_room(normalize_room(r)) for r in (rooms if rooms is not None else [DEFAULT_ROOM])
         ]
@@ -231,8 +236,7 @@ class Client:
         self._recovering: asyncio.Task[Any] | None = None
         self._last_rx = time.monotonic()
         self._sub_connected = False
-        self._store_changed = False
-        self.stats = {"delivered": 0, "duplicates": 0, "repaired": 0, "reconnects": 0}
+        self._stats = {"delivered": 0, "repaired": 0, "skipped": 0, "reconnects": 0}
 
     # ---------------------------------------------------------- lifecycle
 
@@ -305,8 +309,20 @@ class Client:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+        if kind == zmq.SUB:
+            # No ZMTP heartbeats on the SUB: we stop reading it when our
+            # reader is behind, and libzmq 4.3.5 aborts the whole process
+            # (``!_io_error``, stream_engine_base.cpp:310) when a heartbeat
+            # falls due on a connection lost while its input was stopped,
+            # as when the broker dies under a lagging subscriber. TCP
+            # keepalive finds a dead peer instead, in about 20 s.
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 5)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+            sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+        else:
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
         if self.curve is not None:
             sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve.server_public)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self.curve.public)
@@ -420,7 +436,10 @@ class Client:
         """Send a request and wait for its reply, across reconnects.
 
         The request is kept until answered: if the connection is lost it is
-        sent again, with the same id, once the client is back.
+        sent again, with the same id, once the client is back. With
+        ``retry_rate_limited``, a refusal that only says "not now"
+        (``rate_limited``, or ``unavailable`` while the broker's store is
+        full) is waited out (``retry_ms``) and the request asked again.
 
         Raises:
             ZchatError: the broker answered with an ``error``.
@@ -443,7 +462,7 @@ class Client:
             finally:
                 self._pending.pop(rid, None)
             if isinstance(reply, Error):
-                if reply.code == "rate_limited" and retry_rate_limited:
+                if reply.code in RETRY_CODES and retry_rate_limited:
                     await asyncio.sleep((reply.retry_ms or 100) / 1000)
                     continue
                 raise ZchatError(reply.code, reply.message, retry_ms=reply.retry_ms)
@@ -464,14 +483,16 @@ class Client:
     async def join(self, room: str) -> Joined:
         """Join ``room``: subscribe first, then ask, so no event is missed."""
         name = check_room(normalize_room(room))
-        st = self._rooms.get(name)
-        if st is None:
-            st = self._rooms[name] = _Room(name)
+        if name not in self._rooms:
+            self._rooms[name] = False
+            self._seq.track(name)
             assert self._sub is not None
             self._sub.subscribe(room_topic(name))
         reply = await self.request(Join(room=name))
         assert isinstance(reply, Joined)
-        self._on_joined(st, reply, restarted=False)
+        if name in self._rooms:
+            self._rooms[name] = True
+            self._apply(self._seq.joined(name, reply.seq))
         return reply
 
     async def part(self, room: str, reason: str | None = None) -> Parted:
@@ -480,6 +501,10 @@ class Client:
         assert isinstance(reply, Parted)
         if self._rooms.pop(name, None) is not None and self._sub is not None:
             self._sub.unsubscribe(room_topic(name))
+        self._seq.forget(name)
+        fetching = self._fetching.pop(name, None)
+        if fetching is not None:
+            fetching.cancel()
         return reply
 
     async def who(self, room: str | None = None) -> WhoReply:
@@ -540,12 +565,18 @@ class Client:
     @property
     def rooms(self) -> list[str]:
         """The rooms this client is in, in join order."""
-        return [r.name for r in self._rooms.values() if r.joined]
+        return [name for name, joined in self._rooms.items() if joined]
 
     def last_seq(self, room: str) -> int | None:
         """The seq of the last event delivered from ``room``."""
-        st = self._rooms.get(room)
-        return None if st is None else st.last
+        return self._seq.last(room)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: events ``delivered``, ``duplicates`` dropped, events
+        ``repaired`` from history, events ``skipped`` because the broker no
+        longer keeps them, and ``reconnects``."""
+        return {**self._stats, "duplicates": self._seq.duplicates}
 
     # --------------------------------------------------------------- items
 
@@ -623,129 +654,72 @@ class Client:
                 if topic == NOTICE_TOPIC:
                     self._put(ev)
                 continue
-            self._on_event(ev)
+            self._apply(self._seq.event(ev))
 
-    # -------------------------------------------------------------- events
+    # ---------------------------------------------------------- sequencing
 
-    def _on_event(self, ev: Any) -> None:
-        st = self._rooms.get(ev.room)
-        if st is None:
-            return
-        if st.last is None:
-            st.held[ev.seq] = ev  # before our joined reply: keep it for then
-            return
-        if ev.seq <= st.last:
-            self.stats["duplicates"] += 1
-            return
-        if ev.seq == st.last + 1:
-            self._deliver(st, ev)
-            self._release(st)
-            return
-        st.held[ev.seq] = ev
-        self._repair_soon(st, ev.seq - 1)
-
-    def _deliver(self, st: _Room, ev: Any) -> None:
-        st.last = ev.seq
-        self.stats["delivered"] += 1
-        if isinstance(ev, NickEvent) and ev.old == self.nick:
-            self.nick = ev.new
-        self._put(ev)
-
-    def _release(self, st: _Room) -> None:
-        assert st.last is not None
-        while st.held:
-            nxt = st.held.pop(st.last + 1, None)
-            if nxt is None:
-                for seq in [s for s in st.held if s <= st.last]:
-                    del st.held[seq]
-                    self.stats["duplicates"] += 1
-                return
-            self._deliver(st, nxt)
-
-    def _on_joined(
-        self, st: _Room, joined: Joined, *, restarted: bool, repair: bool = True
-    ) -> None:
-        if st.last is None:
-            st.last = joined.seq - 1 if joined.seq > 0 else 0
-        elif restarted and joined.seq <= st.last and self._store_changed:
-            # The broker came back without its history (a ':memory:' store):
-            # its numbering starts again, and so must ours.
-            log.warning("#%s restarted its numbering at %d", st.name, joined.seq)
-            st.last = joined.seq - 1
-            st.held.clear()
-        st.joined = True
-        self._release(st)
-        if repair and joined.seq > st.last:
-            self._repair_soon(st, joined.seq, delay=0.2)
+    def _apply(self, step: Step[Any]) -> None:
+        """Do what the sequencer asked: deliver, report, fetch."""
+        for ev in step.deliver:
+            if isinstance(ev, NickEvent) and ev.old == self.nick:
+                self.nick = ev.new
+            self._put(ev)
+        self._stats["delivered"] += len(step.deliver)
+        if step.repaired:
+            self._stats["repaired"] += step.repaired
+            self._put(Repaired(step.deliver[0].room, step.repaired))
+        for gap in step.gaps:
+            log.warning("#%s: events %d..%d are gone", gap.room, gap.first, gap.last)
+            self._stats["skipped"] += gap.count
+        for fetch in step.fetch:
+            self._fetching[fetch.room] = self._spawn(self._fetch(fetch))
+        if self._owed is not None:
+            self._pay_reconnected()
 
     def _on_pong(self, pong: Pong) -> None:
         if self.epoch is not None and pong.epoch != self.epoch:
             self._start_recovery("the broker restarted")
             return
-        for name, seq in pong.seqs.items():
-            st = self._rooms.get(name)
-            if st is not None and st.last is not None and seq > st.last:
-                self._repair_soon(st, seq, delay=0.2)
+        self._apply(self._seq.pong(pong.seqs))
 
-    def _repair_soon(self, st: _Room, upto: int, *, delay: float = 0.0) -> None:
-        if st.repairing or self.closed:
+    async def _fetch(self, fetch: Fetch) -> None:
+        """Make one fetch the sequencer asked for and hand it the page."""
+        # A page is queued for the reader in one piece: while the reader is
+        # behind, wait, so that the queue stays bounded.
+        await self._drained.wait()
+        reply = await self._ask(History(room=fetch.room, after=fetch.after, limit=HISTORY_MAX))
+        if self._fetching.get(fetch.room) is asyncio.current_task():
+            del self._fetching[fetch.room]
+        if not isinstance(reply, HistoryReply):
+            log.warning("history of #%s failed: %s", fetch.room, reply)
+            self._apply(self._seq.abandon(fetch))
             return
-        st.repairing = True
-        self._spawn(self._repair(st, upto, delay))
-
-    async def _repair(self, st: _Room, upto: int, delay: float) -> int:
-        """Fetch what is missing from ``st`` up to seq ``upto``; returns how many."""
-        fetched = 0
-        try:
-            if delay:
-                # PUB may simply be a little behind the reply that told us.
-                await asyncio.sleep(delay)
-            while st.last is not None and st.last < upto and self._rooms.get(st.name) is st:
-                reply = await self._fetch(st.name, st.last)
-                got = 0
-                for body in reply.events:
-                    ev = decode_event(bytes(body))  # type: ignore[call-overload]
-                    if isinstance(ev, Notice) or st.last is None or ev.seq <= st.last:
-                        continue
-                    if ev.seq != st.last + 1:
-                        if got:
-                            break
-                        # History starts past the hole: the broker no longer
-                        # keeps it (--retain-days). Skip it rather than stall.
-                        log.warning("#%s: events %d..%d are gone", st.name, st.last + 1, ev.seq - 1)
-                        st.last = ev.seq - 1
-                    self._deliver(st, ev)
-                    got += 1
-                self._release(st)
-                fetched += got
-                if got == 0:
-                    if st.held:
-                        # Not retained any more: skip the hole rather than stall.
-                        first = min(st.held)
-                        log.warning("#%s: events %d..%d are gone", st.name, st.last + 1, first - 1)
-                        st.last = first - 1
-                        self._release(st)
-                        continue
-                    break
-                upto = max(upto, max(st.held) - 1 if st.held else upto)
-        finally:
-            st.repairing = False
-        if fetched:
-            self.stats["repaired"] += fetched
-            self._put(Repaired(st.name, fetched))
-        if st.held and st.last is not None and not self.closed:
-            self._repair_soon(st, min(st.held) - 1)
-        return fetched
-
-    async def _fetch(self, room: str, after: int) -> HistoryReply:
-        while True:
-            reply = await self._call(History(room=room, after=after, limit=500))
-            if isinstance(reply, HistoryReply):
-                return reply
-            if isinstance(reply, Error) and reply.code == "rate_limited":
-                await asyncio.sleep((reply.retry_ms or 100) / 1000)
+        events = []
+        for body in reply.events:
+            try:
+                ev = decode_event(bytes(body))
+            except ProtocolError as err:
+                log.warning("ignoring an event from history: %s", err)
                 continue
-            raise ZchatError(getattr(reply, "code", "bad_reply"), f"history failed: {reply}")
+            if not isinstance(ev, Notice):
+                events.append(ev)
+        self._apply(self._seq.page(fetch, events, more=reply.more, first=reply.first))
+
+    def _stop_fetches(self) -> None:
+        """Drop every fetch in flight: the connection they went on is gone,
+        and :meth:`Sequencer.reconnected` forgets them."""
+        for task in self._fetching.values():
+            task.cancel()
+        self._fetching.clear()
+
+    def _pay_reconnected(self, *, now: bool = False) -> None:
+        """Say Reconnected once every room has what it missed while the
+        client was away (or ``now``, with what it has so far)."""
+        assert self._owed is not None
+        restarted, base, targets = self._owed
+        if now or all(self._seq.caught_up(room, seq) for room, seq in targets.items()):
+            self._owed = None
+            self._put(Reconnected(self._stats["repaired"] - base, restarted))
 
     # ----------------------------------------------------- liveness, recovery
 
@@ -771,16 +745,25 @@ class Client:
         if self._recovering is not None or self.closed or not self.connected:
             return
         log.info("reconnecting: %s", reason)
+        if self._owed is not None:
+            self._pay_reconnected(now=True)  # the last recovery, cut short
         self._put(Disconnected(reason))
+        self._stop_fetches()
         self._recovering = self._spawn(self._recover())
 
     async def _recover(self) -> None:
-        self.stats["reconnects"] += 1
+        self._stats["reconnects"] += 1
         old_epoch = self.epoch
+        repaired = self._stats["repaired"]
         backoff = 0.1
         try:
             while True:
                 self._new_dealer()
+                # Everything sent went on the old connection: send it again
+                # (after the rejoin), in order. The broker answers a repeated
+                # say or pm with its first ack.
+                for p in self._pending.values():
+                    p.sent = False
                 try:
                     joins = await asyncio.wait_for(self._rejoin(), max(self.timeout_s, 2.0))
                     break
@@ -791,35 +774,47 @@ class Client:
         finally:
             self._recovering = None
         self._last_rx = time.monotonic()
-        restarted = self.epoch != old_epoch
-        # Whatever was sent before and not answered goes again, in order:
-        # the broker answers a repeated say or pm with its first ack.
-        for p in self._pending.values():
-            p.sent = False
         self._start_flusher()
-        recovered = 0
-        for st, joined in joins:
-            before = st.last
-            self._on_joined(st, joined, restarted=restarted, repair=False)
-            if st.last is not None and joined.seq > st.last:
-                st.repairing = True
-                recovered += await self._repair(st, joined.seq, 0.0)
-            elif before is not None and st.last is not None:
-                recovered += max(0, st.last - before)
-        self._put(Reconnected(recovered=recovered, restarted=restarted))
+        self._owed = (self.epoch != old_epoch, repaired, joins)
+        self._pay_reconnected()
 
-    async def _rejoin(self) -> list[tuple[_Room, Joined]]:
-        await self._hello()
-        joins = []
-        for st in list(self._rooms.values()):
-            reply = await self._call(Join(room=st.name))
+    async def _rejoin(self) -> dict[str, int]:
+        """Hello, tell the sequencer, join every room again; returns each
+        room's joined seq."""
+        before = self.welcome
+        welcome = await self._hello()
+        same_store: bool | None = True
+        if before is not None and welcome.server.epoch != before.server.epoch:
+            if welcome.server.store is None or before.server.store is None:
+                same_store = None  # a broker that does not say: judge by seq
+            else:
+                same_store = welcome.server.store == before.server.store
+        self._stop_fetches()
+        self._apply(self._seq.reconnected(same_store=same_store))
+        joins = {}
+        for name in list(self._rooms):
+            reply = await self._ask(Join(room=name))
             if isinstance(reply, Error):
-                log.warning("could not rejoin #%s: %s", st.name, reply.message)
+                log.warning("could not rejoin #%s: %s", name, reply.message)
+                self._rooms[name] = False
                 continue
-            joins.append((st, reply))
+            if name in self._rooms:  # not parted meanwhile
+                self._rooms[name] = True
+                joins[name] = reply.seq
+                self._apply(self._seq.joined(name, reply.seq))
         if self._offer is not None:
-            await self._call(Offer(commands=self._offer))
+            await self._ask(Offer(commands=self._offer))
         return joins
+
+    async def _ask(self, msg: Any) -> Any:
+        """:meth:`_call`, asked again after ``retry_ms`` while the broker
+        says ``rate_limited`` or ``unavailable``."""
+        while True:
+            reply = await self._call(msg)
+            if isinstance(reply, Error) and reply.code in RETRY_CODES:
+                await asyncio.sleep((reply.retry_ms or 100) / 1000)
+                continue
+            return reply
 
     async def _hello(self) -> Welcome:
         dealer = self._dealer
@@ -827,14 +822,10 @@ class Client:
         # IMMEDIATE: nothing can be sent before the connection is up.
         while not await dealer.poll(1000, zmq.POLLOUT):
             pass
-        reply = await self._call(Hello(nick=self.nick, token=self.token, client=self.client_name))
+        reply = await self._ask(Hello(nick=self.nick, token=self.token, client=self.client_name))
         if isinstance(reply, Error):
             raise ZchatError(reply.code, reply.message)
         assert isinstance(reply, Welcome)
-        old_store = self.welcome.server.store if self.welcome is not None else None
-        # Without a store id (another broker), a numbering that went back
-        # is taken as a lost store.
-        self._store_changed = old_store is None or reply.server.store != old_store
         self.welcome = reply
         self.nick = reply.nick
         self.token = reply.token

@@ -7,11 +7,20 @@ benchmark (a minute in ``make bench``).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import secrets
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
+import zmq
 
 from client import Client, Reconnected
 from messages import MsgEvent
@@ -162,3 +171,397 @@ async def run_chaos(
         for c in subs + sends:
             await c.close(quiet=True)
     return report
+
+
+# ------------------------------------------------------------ full speed
+#
+# The scenario of issue 12: one raw sender with up to 200 `say` requests
+# unacknowledged (a `--rate 0` broker takes them as fast as it can), the
+# broker SIGKILLed every 1-3 s and back after 0-2 s, and subscribers that
+# lag thousands of events behind. Sender and killer run in threads, so the
+# subscriber under test (a Client in the caller's loop, or `zchat tail` in
+# a subprocess) is the only thing that decides how far behind it falls.
+
+
+RETRY_CODES = ("rate_limited", "unavailable")
+
+
+class RawSender:
+    """Says ``m0``, ``m1``, ... in ``room`` with up to ``window`` requests
+    unacknowledged. When the broker goes silent for ``silence`` seconds or
+    forgets the session, it says hello again (with its token) on a new
+    connection and resends every unacknowledged number, in order: the
+    broker answers a resent id with its first ack, so each number is
+    published once and in order. A say refused for now (``rate_limited``,
+    ``unavailable``) is sent again after ``retry_ms`` with all that follow
+    it; the numbers may then be stored out of order (``refused`` counts
+    such refusals)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        nick: str = "flood",
+        room: str = "general",
+        window: int = 200,
+        silence: float = 0.5,
+    ) -> None:
+        self.endpoint = endpoint
+        self.nick = nick
+        self.room = room
+        self.window = window
+        self.silence_ms = int(silence * 1000)
+        self.acked: dict[int, int] = {}  # number -> seq
+        self.sent = 0
+        self.reconnects = 0
+        self.refused = 0
+        self.token: str | None = None
+
+    def run(self, stop: threading.Event, timeout: float = 120.0) -> None:
+        """Send until ``stop``, then until every number sent is acknowledged."""
+        deadline = time.monotonic() + timeout
+        unacked: dict[int, None] = {}  # insertion order is number order
+        ctx: zmq.Context[Any] = zmq.Context()
+        sock: zmq.Socket[Any] | None = None
+        try:
+            while not (stop.is_set() and not unacked):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"sender: {len(unacked)} still unacknowledged")
+                if sock is None:
+                    sock = self._connect(ctx, deadline)
+                    if not all(self._send(sock, i) for i in unacked):
+                        sock = self._drop(sock)
+                        continue
+                while not stop.is_set() and len(unacked) < self.window:
+                    if not self._send(sock, self.sent):
+                        break
+                    unacked[self.sent] = None
+                    self.sent += 1
+                if not sock.poll(self.silence_ms):
+                    sock = self._drop(sock)
+                    continue
+                while sock.poll(0):
+                    reply = json.loads(sock.recv())
+                    if reply["type"] == "ack":
+                        i = int(reply["id"][1:])
+                        if unacked.pop(i, 0) is None:
+                            self.acked[i] = reply["seq"]
+                    elif reply.get("code") == "no_session":
+                        sock = self._drop(sock)
+                        break
+                    elif reply.get("code") in RETRY_CODES:
+                        self.refused += 1
+                        stop.wait((reply.get("retry_ms") or 100) / 1000)  # as told
+                        if not all(self._send(sock, i) for i in unacked):
+                            sock = self._drop(sock)
+                        break
+                    elif reply["type"] == "error":
+                        raise AssertionError(f"sender: {reply}")
+        finally:
+            if sock is not None:
+                sock.close(0)
+            ctx.term()
+
+    def _send(self, sock: zmq.Socket[Any], i: int) -> bool:
+        body = b'{"type":"say","id":"m%d","room":"%s","text":"m%d"}' % (
+            i,
+            self.room.encode(),
+            i,
+        )
+        try:
+            sock.send(body, zmq.NOBLOCK)
+            return True
+        except zmq.Again:  # IMMEDIATE and no connection: the broker is down
+            return False
+
+    def _drop(self, sock: zmq.Socket[Any]) -> None:
+        sock.close(0)
+        self.reconnects += 1
+        return None
+
+    def _connect(self, ctx: zmq.Context[Any], deadline: float) -> zmq.Socket[Any]:
+        hello = {"type": "hello", "id": "h", "nick": self.nick}
+        while True:
+            if time.monotonic() > deadline:
+                raise AssertionError("sender: the broker never came back")
+            sock = ctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.connect(self.endpoint)
+            ok = sock.poll(1000, zmq.POLLOUT)
+            if ok:
+                sock.send_json(dict(hello, token=self.token) if self.token else hello)
+            if ok and sock.poll(1000):
+                welcome = sock.recv_json()
+                if welcome.get("type") == "welcome":
+                    self.token = welcome["token"]
+                    sock.send_json({"type": "join", "id": "j", "room": self.room})
+                    if sock.poll(1000) and sock.recv_json().get("type") == "joined":
+                        return sock
+                elif welcome.get("code") in RETRY_CODES:
+                    threading.Event().wait((welcome.get("retry_ms") or 100) / 1000)  # as told
+            sock.close(0)
+
+
+class Killer:
+    """SIGKILLs ``broker`` every ``every`` seconds and starts it again after
+    ``down`` (both ranges, drawn from ``seed``), until stopped; the broker is
+    always running again when :meth:`run` returns."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        every: tuple[float, float] = (1.0, 3.0),
+        down: tuple[float, float] = (0.0, 2.0),
+        seed: int = 1,
+    ) -> None:
+        self.broker = broker
+        self.every = every
+        self.down = down
+        self.rng = random.Random(seed)
+        self.kills = 0
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.rng.uniform(*self.every)):
+            self.broker.kill()
+            self.kills += 1
+            stop.wait(self.rng.uniform(*self.down))  # the outage itself, cut short by stop
+            self.broker.start()
+
+
+Row = tuple[int, str, str | None]  # (seq, type, text): what the checks compare
+
+
+class _Event(msgspec.Struct):
+    seq: int
+    type: str
+    text: str | None = None
+
+
+class _Welcome(msgspec.Struct, tag="welcome"):
+    id: str | None = None
+
+
+class _Page(msgspec.Struct, tag="history"):
+    id: str | None = None
+    events: list[_Event] = []
+    more: bool = False
+
+
+class _Error(msgspec.Struct, tag="error"):
+    id: str | None = None
+    code: str = ""
+    retry_ms: int | None = None
+
+
+_Reply = _Welcome | _Page | _Error
+
+
+def room_history(endpoint: str, room: str = "general", timeout: float = 60.0) -> list[Row]:
+    """Every event the store holds for ``room``, oldest first, as rows."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint)
+    deadline = time.monotonic() + timeout
+
+    def ask(req: dict[str, Any]) -> _Welcome | _Page | _Error:
+        sock.send_json(req)
+        while True:
+            if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+                raise AssertionError(f"no answer to {req['type']} in time")
+            reply = msgspec.json.decode(sock.recv(), type=_Reply)
+            if reply.id == req["id"]:
+                return reply
+
+    try:
+        ask({"type": "hello", "id": "h", "nick": f"audit{secrets.token_hex(3)}"})
+        rows: list[Row] = []
+        while True:
+            after = rows[-1][0] if rows else 0
+            page = ask(
+                {"type": "history", "id": f"p{after}", "room": room, "after": after, "limit": 500}
+            )
+            if isinstance(page, _Error) and page.code in RETRY_CODES:
+                threading.Event().wait((page.retry_ms or 100) / 1000)  # as told
+                continue
+            assert isinstance(page, _Page), page
+            rows += [(e.seq, e.type, e.text) for e in page.events]
+            if not page.more:
+                return rows
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+@dataclass
+class FullSpeed:
+    """What a full-speed chaos run did, and the room's history after it."""
+
+    sender: RawSender
+    killer: Killer
+    history: list[Row]
+    ended: float  # time.monotonic() when the last message was acknowledged
+
+    @property
+    def messages(self) -> int:
+        return len(self.sender.acked)
+
+
+async def full_speed_chaos(
+    broker: Broker,
+    *,
+    seconds: float,
+    seed: int = 1,
+    every: tuple[float, float] = (1.0, 3.0),
+    down: tuple[float, float] = (0.0, 2.0),
+) -> FullSpeed:
+    """Run the sender and the killer for ``seconds``; then wait until every
+    message sent is acknowledged, and read the room's whole history.
+
+    Subscribers must be joined before this starts, and are checked after."""
+    stop = threading.Event()
+    sender = RawSender(broker.endpoint)
+    killer = Killer(broker, every=every, down=down, seed=seed)
+    sending = asyncio.ensure_future(asyncio.to_thread(sender.run, stop))
+    killing = asyncio.ensure_future(asyncio.to_thread(killer.run, stop))
+    try:
+        await asyncio.wait({sending, killing}, timeout=seconds)  # the length of the run
+    finally:
+        stop.set()  # both threads end by themselves once told
+    await killing
+    await sending
+    ended = time.monotonic()
+    history = await asyncio.to_thread(room_history, broker.endpoint)
+    return FullSpeed(sender, killer, history, ended)
+
+
+def ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted ``seqs`` as runs of consecutive numbers, for messages."""
+    out: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if out and out[-1][1] == s - 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def check_exact(
+    sender: RawSender,
+    history: list[Row],
+    got: list[Row],
+    who: str,
+    *,
+    types: tuple[str, ...] | None = None,
+    start: int | None = None,
+) -> None:
+    """The store has every number ``sender`` sent, once and in order, seq
+    without a hole; ``got`` ((seq, type, text) as delivered) is exactly
+    ``history`` from ``start`` (by default the first seq delivered, the
+    subscriber's own join) to the end, only the events of ``types`` when
+    given."""
+    assert len(sender.acked) == sender.sent
+    assert [e[0] for e in history] == list(range(1, len(history) + 1)), "holes in the store"
+    texts = [e[2] for e in history if e[1] == "msg"]  # the sender is the only one talking
+    numbers = [int(t[1:]) for t in texts if t is not None]
+    if sender.refused:  # a refused say goes again after later ones: no order then
+        numbers.sort()
+    assert numbers == list(range(sender.sent)), "the store lost or reordered messages"
+    assert got, f"{who} delivered nothing"
+    want = [e for e in history[(start or got[0][0]) - 1 :] if types is None or e[1] in types]
+    if got[: len(want)] != want:
+        seqs = [g[0] for g in got]
+        missing = {w[0] for w in want} - set(seqs)
+        doubled = [s for s, n in Counter(seqs).items() if n > 1]
+        raise AssertionError(
+            f"{who}: {len(got)} delivered against {len(want)} in history; "
+            f"missing {len(missing)} in {ranges(list(missing))[:10]}, "
+            f"doubled {doubled[:10]}, in order: {seqs == sorted(seqs)}"
+        )
+
+
+async def until(cond: Callable[[], Any], timeout: float, what: str) -> None:
+    """Wait until ``cond()`` holds, polling; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.02)  # polling interval of a deadline wait
+
+
+def event_row(ev: Any) -> Row:
+    """(seq, type, text) of a room event, as :func:`check_exact` compares."""
+    return ev.seq, type(ev).__struct_config__.tag, getattr(ev, "text", None)
+
+
+class Tail:
+    """``zchat tail --json`` in a subprocess, its stdout read by a thread.
+
+    ``stall`` = (every, seconds): the reader stops reading for ``seconds``
+    after each ``every`` lines, so the pipe fills and the tail falls behind.
+    With ``hold``, it reads the first line and then nothing until
+    :meth:`release`."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        env: dict[str, str],
+        *,
+        stall: tuple[int, float] | None = None,
+        hold: bool = False,
+    ) -> None:
+        args = ["tail", "--connect", endpoint, "--nick", "tail", "--room", "general", "--json"]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "client", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.lines: list[bytes] = []
+        self.stderr = b""
+        self.stall = stall
+        self.reading = threading.Event()
+        if not hold:
+            self.reading.set()
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_err, daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if self.stall and len(self.lines) % self.stall[0] == 0:
+                time.sleep(self.stall[1])  # the stall is the fault under test
+            self.reading.wait(120)
+
+    def release(self) -> None:
+        """Read on (after ``hold``)."""
+        self.reading.set()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr = self.proc.stderr.read()
+
+    def last_seq(self) -> int:
+        return msgspec.json.decode(self.lines[-1], type=_Event).seq if self.lines else 0
+
+    def got(self) -> list[Row]:
+        events = msgspec.json.decode(b"[" + b",".join(self.lines) + b"]", type=list[_Event])
+        return [(e.seq, e.type, e.text) for e in events]
+
+    def close(self) -> None:
+        self.reading.set()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for t in self._readers:
+            t.join(10)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()

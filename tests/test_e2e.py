@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import pytest
+import zmq
+import zmq.asyncio
 
+import messages as m
 from client import Client, Reconnected, ZchatError
 from messages import JoinEvent, MsgEvent, PmPush
 
@@ -136,9 +142,11 @@ def test_memory_store_restart_restarts_numbering(make_broker: Callable[..., Brok
 def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
     make_broker: Callable[..., Broker],
 ) -> None:
-    """History trimmed by --retain-days can leave a hole nobody can fill:
-    after a restart the client learns (pong) that the room went on, history
-    starts past the hole, and the client delivers from there."""
+    """History trimmed by retention can leave a hole nobody can fill: after
+    a restart the client learns that the room went on, history's ``first``
+    says the store starts past the hole, and the client delivers from there."""
+    import time
+
     from broker import Store
     from messages import encode, format_ts
 
@@ -149,14 +157,20 @@ def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
             ack = await reader.say("general", "before")
             await _until(reader, lambda i: isinstance(i, MsgEvent) and i.text == "before")
             b.kill()
-            # What the broker stored while the reader was away, of which
-            # the first four events were trimmed since.
+            # What the broker stored while the reader was away; retention
+            # then dropped everything older than the last three.
             store = Store(b.store)
-            for seq in range(ack.seq + 5, ack.seq + 8):
+            for seq in range(ack.seq + 1, ack.seq + 8):
                 ev = MsgEvent(
                     room="general", seq=seq, ts=format_ts(0), from_="w", text=f"kept {seq}"
                 )
-                store.add("general", seq, encode(ev), 0.0)
+                kept = seq >= ack.seq + 5
+                store.add("general", seq, encode(ev), time.time() + 3600 if kept else 0.0)
+                if seq == ack.seq + 4:
+                    store.commit()  # the kept ones in a segment of their own
+            store.commit()
+            store.trim(time.time())
+            assert store.first_seq("general") == ack.seq + 5
             store.close()
             b.start()
             got = await _until(
@@ -165,5 +179,133 @@ def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
             assert got.seq == ack.seq + 5
             rest = [await _until(reader, lambda i: isinstance(i, MsgEvent)) for _ in range(2)]
             assert [e.seq for e in rest] == [ack.seq + 6, ack.seq + 7]
+            assert reader.stats["skipped"] == 4
+
+    run(body(), 60)
+
+
+class _Fussy:
+    """A stand-in broker that refuses every hello, join and history twice
+    (``unavailable``, then ``rate_limited``) before it answers, publishes
+    only what it is told to, and can restart (a new epoch, the same store)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context) -> None:
+        self.router = ctx.socket(zmq.ROUTER)
+        self.pub = ctx.socket(zmq.PUB)
+        for sock in (self.router, self.pub):
+            sock.linger = 0
+        self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
+        self.events = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+        self.epoch = "e1"
+        self.log: list[MsgEvent | JoinEvent] = []
+        self.refused: Counter[str] = Counter()
+        self.tries: Counter[str] = Counter()
+
+    def add(self, ev: MsgEvent | JoinEvent, *, publish: bool) -> None:
+        self.log.append(ev)
+        if publish:
+            self.pub.send_multipart([m.room_topic(ev.room), m.encode(ev)])
+
+    def say(self, text: str, *, publish: bool) -> None:
+        seq = len(self.log) + 1
+        ev = MsgEvent(room="general", seq=seq, ts=m.format_ts(0), from_="bob", text=text)
+        self.add(ev, publish=publish)
+
+    def answer(self, req: Any) -> Any:
+        kind = f"{type(req).__name__} {self.epoch}"
+        self.tries[kind] += 1
+        if isinstance(req, m.Hello | m.Join | m.History) and self.tries[kind] % 3 != 0:
+            self.refused[kind] += 1
+            code = "unavailable" if self.tries[kind] % 3 == 1 else "rate_limited"
+            return m.Error(id=req.id, code=code, message="not now", retry_ms=20)
+        if isinstance(req, m.Hello):
+            server = m.ServerInfo(name="fussy", version="0", epoch=self.epoch, store="s1")
+            limits = m.Limits(max_text=4000, max_msg_bytes=65536, rate_per_s=20.0, burst=40)
+            return m.Welcome(
+                id=req.id,
+                nick=req.nick,
+                token="t",
+                server=server,
+                events=self.events,
+                heartbeat_ms=200,
+                timeout_ms=5000,
+                limits=limits,
+            )
+        if isinstance(req, m.Join):
+            seq = len(self.log) + 1
+            self.add(
+                JoinEvent(room="general", seq=seq, ts=m.format_ts(0), nick="alice"), publish=True
+            )
+            return m.Joined(id=req.id, room="general", topic="", members=["alice"], seq=seq)
+        if isinstance(req, m.History):
+            after = req.after or 0
+            page = self.log[after : after + 3]  # short pages
+            return m.HistoryReply(
+                id=req.id,
+                room="general",
+                events=[msgspec.Raw(m.encode(e)) for e in page],
+                more=after + 3 < len(self.log),
+                first=1,
+            )
+        if isinstance(req, m.Ping):
+            seqs = {"general": len(self.log)}
+            return m.Pong(id=req.id, epoch=self.epoch, ts=m.format_ts(0), seqs=seqs)
+        if isinstance(req, m.Bye):
+            return m.ByeReply(id=req.id)
+        return m.Error(id=req.id, code="bad_request", message="not here")
+
+    async def serve(self) -> None:
+        while True:
+            ident, frame = await self.router.recv_multipart()
+            reply = self.answer(m.decode_request(frame))
+            await self.router.send_multipart([ident, m.encode(reply)])
+
+    def close(self) -> None:
+        self.router.close(0)
+        self.pub.close(0)
+
+
+def _back(item: object) -> bool:
+    return isinstance(item, Reconnected)
+
+
+def _text(item: object) -> str | None:
+    return item.text if isinstance(item, MsgEvent) else None
+
+
+def test_hello_join_and_repair_wait_out_refusals_and_never_drop_a_room() -> None:
+    """Every hello, join and history is refused twice (unavailable, then
+    rate_limited, with retry_ms): the client waits each out, at the start,
+    for a repair and across a restart, keeps its room, and misses nothing."""
+
+    async def body() -> None:
+        fussy = _Fussy(zmq.asyncio.Context.instance())
+        serving = asyncio.ensure_future(fussy.serve())
+        try:
+            async with Client(fussy.endpoint, "alice") as alice:
+                fussy.say("lost 1", publish=False)
+                fussy.say("lost 2", publish=False)
+                fussy.say("live 3", publish=True)  # past a hole: history fills it
+                got = await _drain_until(alice, lambda g: len(_msgs(g)) == 3, 20)
+                fussy.epoch = "e2"  # a restart on the same store: the pong tells
+                fussy.say("while away", publish=False)
+                got += await _drain_until(alice, lambda g: any(_back(i) for i in g))
+                fussy.say("after", publish=True)
+                got += await _drain_until(alice, lambda g: any(_text(i) == "after" for i in g))
+                assert alice.rooms == ["general"]
+            seqs = [i.seq for i in got if isinstance(i, MsgEvent | JoinEvent)]
+            assert seqs == list(range(1, len(fussy.log) + 1))
+            assert [e.text for e in _msgs(got)] == [
+                "lost 1",
+                "lost 2",
+                "live 3",
+                "while away",
+                "after",
+            ]
+            for kind in ("Hello e1", "Join e1", "History e1", "Hello e2", "Join e2", "History e2"):
+                assert fussy.refused[kind] >= 2, (kind, fussy.refused)
+        finally:
+            serving.cancel()
+            fussy.close()
 
     run(body(), 60)

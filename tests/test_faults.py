@@ -14,9 +14,19 @@ from collections.abc import Callable
 from typing import Any
 
 from client import Client, Disconnected, Reconnected
-from messages import LeaveEvent, MsgEvent
+from messages import JoinEvent, LeaveEvent, MsgEvent, NickEvent, TopicEvent
 
-from .chaos import run_chaos
+from .chaos import (
+    RawSender,
+    Row,
+    Tail,
+    check_exact,
+    event_row,
+    full_speed_chaos,
+    room_history,
+    run_chaos,
+    until,
+)
 from .helpers import ROOT, Broker, RawClient, run, wait_until
 
 
@@ -38,6 +48,109 @@ def test_crash_chaos(broker: Broker) -> None:
         f"{report.delivered} deliveries, {report.duplicates_suppressed} duplicates "
         f"suppressed, {report.repaired} repaired, {report.reconnects} reconnects"
     )
+
+
+# The scenario of issue 12, a few seconds long: a raw sender with 200 say
+# requests in flight on a --rate 0 broker, SIGKILLed every 1-3 s and back
+# after 0-2 s, and a subscriber that lags thousands of events behind. The
+# subscriber must deliver exactly the room's history from its join on.
+
+FULL_SPEED = ("--rate", "0", "--timeout-ms", "3000", "--heartbeat-ms", "500")
+ROOM_EVENTS = (MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent)
+
+
+def test_tail_at_full_speed_through_crash_chaos(make_broker: Callable[..., Broker]) -> None:
+    b = make_broker(*FULL_SPEED)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-test")
+    # Whoever reads the tail's output stops now and then: the tail falls
+    # behind, as behind a slow pipe, and catches up from history.
+    tail = Tail(b.endpoint, env, stall=(20_000, 0.3))
+    try:
+        wait_until(lambda: tail.lines, 30, "the tail's own join")
+        chaos = run(full_speed_chaos(b, seconds=7, seed=4), 120)
+        last = chaos.history[-1][0]
+        wait_until(lambda: tail.last_seq() >= last, 90, f"the tail to print up to {last}")
+        check_exact(chaos.sender, chaos.history, tail.got(), "zchat tail")
+    finally:
+        tail.close()
+    assert chaos.killer.kills >= 2 and chaos.messages > 10_000
+    print(
+        f"\ntail at full speed: {chaos.messages} messages, {chaos.killer.kills} kills, "
+        f"{len(tail.lines)} events printed; {tail.stderr.decode().count('reconnected')} reconnects"
+    )
+
+
+def test_a_slow_client_at_full_speed_through_crash_chaos(
+    make_broker: Callable[..., Broker],
+) -> None:
+    b = make_broker(*FULL_SPEED)
+
+    async def body() -> None:
+        async with Client(b.endpoint, "slow") as c:
+            got: list[Row] = []
+
+            async def consume() -> None:
+                async for item in c.items():
+                    if isinstance(item, ROOM_EVENTS) and item.room == "general":
+                        got.append(event_row(item))
+                        if len(got) % 5000 == 0:
+                            await asyncio.sleep(0.2)  # the slowness under test
+
+            consumer = asyncio.ensure_future(consume())
+            try:
+                chaos = await full_speed_chaos(b, seconds=7, seed=4)
+                last = chaos.history[-1][0]
+                await until(lambda: bool(got) and got[-1][0] >= last, 90, f"seq {last}")
+            finally:
+                consumer.cancel()
+            check_exact(chaos.sender, chaos.history, got, "the slow client")
+            stats = c.stats
+        assert chaos.killer.kills >= 2 and chaos.messages > 10_000
+        assert stats["repaired"] > 0 and stats["skipped"] == 0
+        print(
+            f"\nslow client at full speed: {chaos.messages} messages, "
+            f"{chaos.killer.kills} kills, {stats['repaired']} repaired, "
+            f"{stats['duplicates']} duplicates dropped, {stats['reconnects']} reconnects"
+        )
+
+    run(body(), 200)
+
+
+def test_a_tail_stalled_through_a_broker_kill_lives_and_misses_nothing(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """Nobody reads the tail while a flood fills its SUB queue, the broker is
+    killed, and the stall outlasts a heartbeat interval: libzmq 4.3.5 would
+    abort the tail there if its SUB had ZMTP heartbeats. Then it reads on
+    and prints the room's history exactly."""
+    b = make_broker(*FULL_SPEED)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-test")
+    tail = Tail(b.endpoint, env, hold=True)
+    stop = threading.Event()
+    sender = RawSender(b.endpoint)
+    flood = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    try:
+        wait_until(lambda: tail.lines, 30, "the tail's own join")
+        flood.start()
+        # More than the tail can queue: its SUB stops reading for good.
+        wait_until(lambda: len(sender.acked) > 200_000, 60, "the flood")
+        stop.set()
+        flood.join(60)
+        b.kill()
+        threading.Event().wait(6)  # the outage, longer than a 5 s heartbeat interval
+        assert tail.proc.poll() is None, "the tail died while it was stalled"
+        b.start()
+        tail.release()
+        history = room_history(b.endpoint)
+        last = history[-1][0]
+        wait_until(
+            lambda: tail.proc.poll() is not None or tail.last_seq() >= last, 90, f"seq {last}"
+        )
+        assert tail.proc.poll() is None, "the tail died"
+        check_exact(sender, history, tail.got(), "the stalled tail")
+    finally:
+        stop.set()
+        tail.close()
 
 
 def test_frozen_client_times_out_and_comes_back(broker: Broker, zctx: Any) -> None:

@@ -19,6 +19,7 @@ from client import Bot, Client, Reconnected
 from client.bots.dice import roll
 from messages import MsgEvent, PmPush
 
+from .chaos import Row, check_exact, full_speed_chaos, until
 from .helpers import ROOT, Broker, run, wait_until
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-test")
@@ -321,6 +322,36 @@ def test_bot_answers_survives_a_raising_handler_and_a_restart(broker: Broker) ->
         await bot_client.close()
 
     run(body(), 90)
+
+
+def test_a_bot_gets_every_message_at_full_speed_through_crash_chaos(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """The scenario of issue 12, shorter, with a bot as the subscriber."""
+    b = make_broker("--rate", "0", "--timeout-ms", "3000", "--heartbeat-ms", "500")
+    bot = Bot("counter")
+    got: list[Row] = []
+
+    @bot.on_message
+    def count(msg: Any) -> None:
+        got.append((msg.event.seq, "msg", msg.text))
+
+    async def body() -> None:
+        client = bot.client(b.endpoint)
+        await client.start()
+        joined = (await client.join("general")).seq  # already in: the seq of its join
+        serving = asyncio.ensure_future(bot.run(client))
+        try:
+            chaos = await full_speed_chaos(b, seconds=5, seed=4)
+            last = max(e[0] for e in chaos.history if e[1] == "msg")
+            await until(lambda: bool(got) and got[-1][0] >= last, 60, f"the bot to see {last}")
+        finally:
+            serving.cancel()
+            await client.close()
+        check_exact(chaos.sender, chaos.history, got, "the bot", types=("msg",), start=joined)
+        assert chaos.killer.kills >= 2 and bot.errors == 0
+
+    run(body(), 120)
 
 
 def test_zchat_bot_runs_a_shipped_bot(broker: Broker, tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
-"""Reliability under load: crash chaos, slow joiners, churn.
+"""Reliability under load: crash chaos at full speed, slow joiners, churn.
 
-* chaos: numbered messages from several senders while the broker is
-  SIGKILLed every 1-3 s and back after 0-2 s; every acknowledged message
-  reaches every subscriber once, in each sender's order.
+* chaos: a raw sender keeps 200 say requests in flight on a ``--rate 0``
+  broker (as fast as it takes them) while the broker is SIGKILLed every
+  1-3 s and back after 0-2 s; three subscribers, a client that keeps up, a
+  client whose reader lags far behind and ``zchat tail`` whose pipe stalls,
+  must each deliver exactly the room's history from their join on: every
+  acknowledged message once, in order. The run fails otherwise.
 * slow joiner: trials of connect, join and say at once; the joiner must see
   its own join and message.
 * churn: sessions connecting and leaving at a steady rate; the broker's
@@ -13,15 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from client import Client
-from messages import JoinEvent, MsgEvent
-from tests.chaos import run_chaos
-from tests.helpers import Broker
+from messages import JoinEvent, LeaveEvent, MsgEvent, NickEvent, TopicEvent
+from tests.chaos import Row, Tail, check_exact, event_row, full_speed_chaos, until
+from tests.helpers import ROOT, Broker
+
+ROOM_EVENTS = (MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent)
 
 
 def _proc(pid: int) -> tuple[int, int]:
@@ -36,6 +42,119 @@ def _broker(tmp: Path, *args: str) -> Broker:
     workdir = tmp / f"b{time.monotonic_ns()}"
     workdir.mkdir()
     return Broker(workdir, "-q", "--timeout-ms", "3000", "--heartbeat-ms", "500", *args).start()
+
+
+@dataclass
+class Chaos:
+    """What one full-speed chaos run did, per subscriber."""
+
+    seconds: float
+    messages: int
+    kills: int
+    stats: dict[str, dict[str, int]]  # the two clients' counters
+    caught_up: dict[str, float]  # seconds after the traffic stopped
+    tail_events: int
+    tail_recovered: int  # what zchat tail said it recovered at reconnects
+    tail_skipped: int  # events zchat tail said were gone
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        lag, prompt = self.stats["lagging"], self.stats["prompt"]
+        return [
+            (
+                f"chaos at full speed, {self.seconds:g} s",
+                f"{self.messages:,} msgs",
+                f"{self.kills} SIGKILLs, {self.messages / self.seconds:,.0f} msg/s; every ack "
+                "delivered once, in order, to 3 subscribers (2 clients, zchat tail)",
+            ),
+            (
+                "chaos, lagging client",
+                f"{lag['repaired']:,} repaired",
+                f"{lag['skipped']} events skipped; caught up {self.caught_up['lagging']:.1f} s "
+                f"after the traffic; {lag['reconnects']} reconnects",
+            ),
+            (
+                "chaos, prompt client",
+                f"{prompt['repaired']:,} repaired",
+                f"{prompt['skipped']} events skipped, {prompt['duplicates']:,} duplicates dropped",
+            ),
+            (
+                "chaos, zchat tail",
+                f"{self.tail_events:,} events",
+                f"{self.tail_skipped} skipped, {self.tail_recovered:,} recovered at reconnects; "
+                f"reader stalled 0.5 s every 20,000 lines; caught up "
+                f"{self.caught_up['tail']:.1f} s after the traffic",
+            ),
+        ]
+
+
+async def _chaos(b: Broker, seconds: float, seed: int) -> Chaos:
+    """The full-speed chaos with three subscribers; raises if any of them
+    did not deliver exactly the room's history."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-bench")
+    tail = Tail(b.endpoint, env, stall=(20_000, 0.5))
+    clients = {"prompt": Client(b.endpoint, "prompt"), "lagging": Client(b.endpoint, "lagging")}
+    got: dict[str, list[Row]] = {name: [] for name in clients}
+    caught_up: dict[str, float] = {}
+
+    async def consume(name: str, c: Client, pause: float) -> None:
+        rows = got[name]
+        async for item in c.items():
+            if isinstance(item, ROOM_EVENTS) and item.room == "general":
+                rows.append(event_row(item))
+                if pause and len(rows) % 5000 == 0:
+                    await asyncio.sleep(pause)  # the lag under test
+
+    consumers = []
+    try:
+        for c in clients.values():
+            await c.start()
+        consumers = [
+            asyncio.ensure_future(consume("prompt", clients["prompt"], 0.0)),
+            asyncio.ensure_future(consume("lagging", clients["lagging"], 0.5)),
+        ]
+        await until(lambda: bool(tail.lines), 30, "the tail's join")
+        chaos = await full_speed_chaos(b, seconds=seconds, seed=seed)
+        last = chaos.history[-1][0]
+        done = {
+            "prompt": lambda: bool(got["prompt"]) and got["prompt"][-1][0] >= last,
+            "lagging": lambda: bool(got["lagging"]) and got["lagging"][-1][0] >= last,
+            "tail": lambda: tail.last_seq() >= last,
+        }
+
+        def all_done() -> bool:
+            for name, cond in done.items():
+                if name not in caught_up and cond():
+                    caught_up[name] = time.monotonic() - chaos.ended
+            return len(caught_up) == len(done)
+
+        await until(all_done, 600, f"every subscriber to deliver up to seq {last}")
+        stats = {name: c.stats for name, c in clients.items()}
+        failures = []
+        for name, rows in [*got.items(), ("zchat tail", tail.got())]:
+            try:
+                check_exact(chaos.sender, chaos.history, rows, name)
+            except AssertionError as err:
+                failures.append(str(err))
+    finally:
+        for task in consumers:
+            task.cancel()
+        for c in clients.values():
+            await c.close(quiet=True)
+        tail.close()
+    if failures:
+        raise AssertionError("; ".join(failures))
+    said = tail.stderr.decode(errors="replace")
+    gone = re.findall(r"events (\d+)\.\.(\d+) are gone", said)
+    return Chaos(
+        seconds=seconds,
+        messages=chaos.messages,
+        kills=chaos.killer.kills,
+        stats=stats,
+        caught_up=caught_up,
+        tail_events=len(tail.lines),
+        tail_recovered=sum(int(n) for n in re.findall(r"reconnected, (\d+) missed", said)),
+        tail_skipped=sum(int(b) - int(a) + 1 for a, b in gone),
+    )
 
 
 async def _slow_joiner(b: Broker, i: int) -> int:
@@ -81,25 +200,9 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
         tmp = Path(tmpdir)
         b = _broker(tmp, "--rate", "0")
         try:
-            seconds = 10 if quick else 60
-            # 30,000 messages over the minute: 6 senders at about 83/s each.
-            report: Any = asyncio.run(
-                run_chaos(b, senders=6, subscribers=2, seconds=seconds, seed=7, pace=83.4)
-            )
+            rows += asyncio.run(_chaos(b, 8 if quick else 30, seed=7)).rows()
         finally:
             b.close()
-        rows += [
-            (
-                f"chaos, {seconds} s",
-                f"{report.total_acked:,} msgs",
-                f"{report.kills} SIGKILLs; every ack delivered once to each of 2 subscribers, in order",
-            ),
-            (
-                "chaos, duplicates suppressed",
-                f"{report.duplicates_suppressed:,}",
-                f"{report.repaired:,} events repaired from history, {report.reconnects} reconnects",
-            ),
-        ]
         b = _broker(tmp)
         try:
             trials = 100 if quick else 1000
@@ -128,6 +231,41 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
     return rows
 
 
+def repeat(runs: int, seconds: float) -> int:
+    """Issue 12's scenario ``runs`` times in a row, one line each; stops at
+    the first run where a subscriber missed something (status 1)."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for seed in range(1, runs + 1):
+            b = _broker(Path(tmpdir), "--rate", "0")
+            try:
+                r = asyncio.run(_chaos(b, seconds, seed=seed))
+            except AssertionError as err:
+                print(f"run {seed}: FAILED: {err}", flush=True)
+                return 1
+            finally:
+                b.close()
+            lag, prompt = r.stats["lagging"], r.stats["prompt"]
+            print(
+                f"run {seed}: {r.messages:,} msgs, {r.kills} kills; repaired: lagging client "
+                f"{lag['repaired']:,}, prompt client {prompt['repaired']:,}, tail "
+                f"{r.tail_recovered:,} at reconnects; skipped {lag['skipped']}/"
+                f"{prompt['skipped']}/{r.tail_skipped}; tail printed {r.tail_events:,}, "
+                f"caught up {r.caught_up['tail']:.1f} s (lagging client "
+                f"{r.caught_up['lagging']:.1f} s) after the traffic",
+                flush=True,
+            )
+    return 0
+
+
 if __name__ == "__main__":
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m tests.bench.bench_faults")
+    p.add_argument("--repeat", type=int, metavar="N", help="issue 12's scenario N times")
+    p.add_argument("--seconds", type=float, default=30.0, help="traffic per run (default 30)")
+    args = p.parse_args()
+    if args.repeat:
+        sys.exit(repeat(args.repeat, args.seconds))
     for row in run():
         print(" | ".join(row))
