@@ -335,7 +335,13 @@ class Client:
         if self._dealer is not None:
             self._dealer.close(linger=0)
         dealer = self._socket(zmq.DEALER)
-        dealer.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        if self.curve is None:
+            # The same routing id on every connection lets a broker with
+            # ROUTER_HANDOVER keep the session through a reconnection. With
+            # CURVE the broker hands no routing id over (no key may take
+            # another's): ZeroMQ picks one, and hello with the token
+            # takes the session back.
+            dealer.setsockopt(zmq.ROUTING_ID, self.routing_id)
         # Queue nothing on a connection that is not up: what was not sent
         # stays pending here and is sent again after the hello.
         dealer.setsockopt(zmq.IMMEDIATE, 1)
@@ -507,15 +513,33 @@ class Client:
             fetching.cancel()
         return reply
 
-    async def who(self, room: str | None = None) -> WhoReply:
-        reply = await self.request(Who(room=normalize_room(room) if room else None))
-        assert isinstance(reply, WhoReply)
-        return reply
+    async def who(self, room: str | None = None, *, pages: int = 5) -> WhoReply:
+        """Who is in ``room`` (everyone connected without): the broker's pages,
+        up to ``pages`` of them, as one reply (``more`` when some were left)."""
+        name = normalize_room(room) if room else None
+        users: list[Any] = []
+        after = None
+        for _ in range(pages):
+            reply = await self.request(Who(room=name, after=after))
+            assert isinstance(reply, WhoReply)
+            users += reply.users
+            if not reply.more or not reply.users:
+                return msgspec.structs.replace(reply, users=users, more=False)
+            after = reply.users[-1].nick.lower()
+        return msgspec.structs.replace(reply, users=users, more=True)
 
-    async def list_rooms(self) -> RoomsReply:
-        reply = await self.request(Rooms())
-        assert isinstance(reply, RoomsReply)
-        return reply
+    async def list_rooms(self, *, pages: int = 5) -> RoomsReply:
+        """The rooms with people in them, up to ``pages`` of the broker's pages."""
+        rooms: list[Any] = []
+        after = None
+        for _ in range(pages):
+            reply = await self.request(Rooms(after=after))
+            assert isinstance(reply, RoomsReply)
+            rooms += reply.rooms
+            if not reply.more or not reply.rooms:
+                return msgspec.structs.replace(reply, rooms=rooms, more=False)
+            after = reply.rooms[-1].name
+        return msgspec.structs.replace(reply, rooms=rooms, more=True)
 
     async def history(
         self,
@@ -551,11 +575,21 @@ class Client:
         assert isinstance(reply, Offered)
         return reply.count
 
-    async def commands(self, room: str | None = None) -> list[CommandInfo]:
-        """The commands offered by the members of ``room`` (everyone's without)."""
-        reply = await self.request(Commands(room=normalize_room(room) if room else None))
-        assert isinstance(reply, CommandsReply)
-        return reply.commands
+    async def commands(self, room: str | None = None, *, pages: int = 5) -> list[CommandInfo]:
+        """The commands offered by the members of ``room`` (everyone's
+        without), up to ``pages`` of the broker's pages."""
+        name = normalize_room(room) if room else None
+        found: list[CommandInfo] = []
+        after = None
+        for _ in range(pages):
+            reply = await self.request(Commands(room=name, after=after))
+            assert isinstance(reply, CommandsReply)
+            found += reply.commands
+            if not reply.more or not reply.commands:
+                break
+            last = reply.commands[-1]
+            after = f"{last.name} {last.nick.lower()}"
+        return found
 
     @property
     def backlog(self) -> int:

@@ -255,12 +255,15 @@ async def _who(ui: ChatUI, rest: str) -> bool:
     room = normalize_room(rest) if rest else ui.current
     reply = await ui.client.who(room)
     ui.show(r.who_table(f"#{room}" if room else "online", reply.users))
+    if reply.more:
+        ui.show(r.info(f"and more than the {len(reply.users)} shown"))
     return True
 
 
 async def _whosonline(ui: ChatUI, rest: str) -> bool:
     reply = await ui.client.who(None)
-    ui.show(r.who_table(f"online: {len(reply.users)}", reply.users))
+    count = f"{len(reply.users)}{'+' if reply.more else ''}"
+    ui.show(r.who_table(f"online: {count}", reply.users))
     return True
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -370,3 +371,24 @@ def test_nick_claims_are_bounded_lapse_and_can_be_released(
     )
     for d in (squatter, alice):
         d.close()
+
+
+def test_a_curve_client_comes_back_after_a_restart(
+    make_broker: Callable[..., Broker], keys: Path
+) -> None:
+    """With CURVE the broker hands no routing id over, so the client lets
+    ZeroMQ choose one and takes its session back by token."""
+    b = curve_broker(make_broker, keys, "--timeout-ms", "3000", "--heartbeat-ms", "500")
+
+    async def body() -> None:
+        async with Client(b.endpoint, "alice", curve=client_keys(keys, "a")) as alice:
+            assert alice._dealer is not None and alice._dealer.getsockopt(zmq.ROUTING_ID) == b""
+            await alice.say("general", "before")
+            b.restart()
+            ack = await asyncio.wait_for(alice.say("general", "after"), 30)
+            assert ack.seq is not None
+            events, _ = await alice.history("general")
+            texts = [e.text for e in events if isinstance(e, MsgEvent)]
+            assert texts == ["before", "after"]
+
+    run(body(), 60)

@@ -14,7 +14,7 @@ import zmq.asyncio
 
 import messages as m
 from client import Client, Reconnected, ZchatError
-from messages import JoinEvent, MsgEvent, PmPush
+from messages import CommandSpec, JoinEvent, MsgEvent, PmPush
 
 from .helpers import Broker, run
 
@@ -309,3 +309,34 @@ def test_hello_join_and_repair_wait_out_refusals_and_never_drop_a_room() -> None
             fussy.close()
 
     run(body(), 60)
+
+
+def test_long_lists_are_read_page_by_page(make_broker: Callable[..., Broker]) -> None:
+    """who, rooms and commands come in pages of --max-reply-bytes; the
+    client follows them."""
+    b = make_broker("--max-reply-bytes", "1024", "--rate", "0", store=":memory:")
+
+    async def body() -> None:
+        clients = [
+            Client(b.endpoint, f"member{i:03d}", rooms=["general", f"r{i:03d}"]) for i in range(60)
+        ]
+        try:
+            for c in clients:
+                await c.start()
+            await clients[0].offer_commands(
+                [CommandSpec(name=f"cmd{i:02d}", usage="!x", help="h" * 40) for i in range(30)]
+            )
+            who = await clients[0].who("general")
+            assert [u.nick for u in who.users] == [f"member{i:03d}" for i in range(60)]
+            assert not who.more
+            rooms = await clients[0].list_rooms()
+            assert [r.name for r in rooms.rooms] == ["general"] + [f"r{i:03d}" for i in range(60)]
+            cmds = await clients[1].commands("general")
+            assert [c.name for c in cmds] == [f"cmd{i:02d}" for i in range(30)]
+            few = await clients[0].who("general", pages=1)
+            assert few.more and 0 < len(few.users) < 60
+        finally:
+            for c in clients:
+                await c.close()
+
+    run(body(), 90)
