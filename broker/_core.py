@@ -364,7 +364,9 @@ class Core:
         encode = self._encode
         remember, store = self.recent.add, self.store.add
         events, replies = out.events.append, out.replies.append
-        spend = self._spend if self._limited else None
+        limited = self._limited
+        c = self.config
+        rate, burst, arate, aburst = c.rate, float(c.burst), c.address_rate, float(c.address_burst)
         ts = format_ts(now)
         general = self._handle
         read_only = self.read_only
@@ -389,8 +391,19 @@ class Core:
                     return
             name = req.room
             try:
-                if spend is not None:
-                    spend(s, now)
+                if limited:
+                    # _spend, written out: the two buckets of every say.
+                    tokens = s.tokens + (now - s.refilled) * rate
+                    if tokens > burst:
+                        tokens = burst
+                    a = s.addr
+                    atokens = a.tokens + (now - a.refilled) * arate
+                    if atokens > aburst:
+                        atokens = aburst
+                    if tokens < 1.0 or (arate and atokens < 1.0):
+                        self._spend(s, now)  # raises, saying which bucket is empty
+                    s.tokens, s.refilled = tokens - 1.0, now
+                    a.tokens, a.refilled = atokens - 1.0, now
                 if name not in s.rooms:
                     raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{name}; join it first")
             except ProtocolError as err:
