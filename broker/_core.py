@@ -165,6 +165,7 @@ class Session:
         "nick",
         "offer",
         "peer_key",
+        "quiet",
         "refilled",
         "rooms",
         "skeleton",
@@ -180,8 +181,11 @@ class Session:
         tokens: float,
         peer_key: str | None,
         addr: Address,
+        quiet: bool = False,
     ) -> None:
         self.ident = ident
+        # A script or a reader: its presence (join, leave, nick) is not published.
+        self.quiet = quiet
         self.rename(nick)
         self.token = secrets.token_urlsafe(18)
         self.rooms: dict[str, None] = {}  # an ordered set: join order
@@ -623,7 +627,7 @@ class Core:
             self._check_nick_free(None, req.nick, peer_key, now)
             a = self._address(addr, now)
             tokens = self._admit(a, now)
-            session = Session(ident, req.nick, now, tokens, peer_key, a)
+            session = Session(ident, req.nick, now, tokens, peer_key, a, bool(req.quiet))
             a.sessions += 1
             self._idle_addresses.discard(a.name)
             self.sessions[ident] = session
@@ -712,11 +716,18 @@ class Core:
             room = self._room(req.room)
             s.rooms[req.room] = None
             room.members[s] = None
-            seq = self._next(room)
-            self._event(
-                room, JoinEvent(room=room.name, seq=seq, ts=format_ts(now), nick=s.nick), now, out
-            )
-        members = _fit([m.nick for m in room.members], self._page - len(room.topic.encode()) * 2)
+            if s.quiet:
+                seq = room.seq  # no event: the last one is where it comes in
+            else:
+                seq = self._next(room)
+                self._event(
+                    room,
+                    JoinEvent(room=room.name, seq=seq, ts=format_ts(now), nick=s.nick),
+                    now,
+                    out,
+                )
+        present = [m.nick for m in room.members if not m.quiet]
+        members = _fit(present, self._page - len(room.topic.encode()) * 2)
         out.reply(
             s.ident,
             Joined(
@@ -725,28 +736,43 @@ class Core:
                 topic=room.topic,
                 members=members,
                 seq=seq,
-                member_count=len(room.members) if len(members) < len(room.members) else None,
+                member_count=len(present) if len(members) < len(present) else None,
             ),
         )
 
-    def _leave(self, s: Session, room_name: str, reason: str, now: float, out: Outbox) -> None:
+    def _leave(
+        self,
+        s: Session,
+        room_name: str,
+        reason: str,
+        now: float,
+        out: Outbox,
+        text: str | None = None,
+    ) -> None:
         room = self.rooms[room_name]
         del s.rooms[room_name]
         del room.members[s]
-        seq = self._next(room)
-        self._event(
-            room,
-            LeaveEvent(room=room.name, seq=seq, ts=format_ts(now), nick=s.nick, reason=reason),
-            now,
-            out,
-        )
+        if not s.quiet:
+            self._event(
+                room,
+                LeaveEvent(
+                    room=room.name,
+                    seq=self._next(room),
+                    ts=format_ts(now),
+                    nick=s.nick,
+                    reason=reason,
+                    text=text,
+                ),
+                now,
+                out,
+            )
         if not room.members:
             # Its numbering and topic are in the store, for when someone comes back.
             del self.rooms[room_name]
 
     def _part(self, s: Session, req: Part, now: float, out: Outbox) -> None:
         self._member(s, req.room)
-        self._leave(s, req.room, "part", now, out)
+        self._leave(s, req.room, "part", now, out, req.reason)
         out.reply(s.ident, Parted(id=req.id, room=req.room))
 
     def _member(self, s: Session, room: str) -> Room:
@@ -800,14 +826,16 @@ class Core:
             sorted(members, key=lambda m: m.key),
             lambda m: m.key,
             req.after,
-            lambda m: WhoUser(nick=m.nick, idle_ms=int((now - m.last_active) * 1000)),
+            lambda m: WhoUser(
+                nick=m.nick, idle_ms=int((now - m.last_active) * 1000), quiet=m.quiet
+            ),
             self._page,
         )
         out.reply(s.ident, WhoReply(id=req.id, room=req.room, users=users, more=more))
 
     def _rooms(self, s: Session, req: Rooms, now: float, out: Outbox) -> None:
         def info(r: Room) -> RoomInfo:
-            names = [m.nick for m in r.members]
+            names = [m.nick for m in r.members if not m.quiet]
             shown = names[:ROOMS_MEMBERS_MAX]
             return RoomInfo(
                 name=r.name,
@@ -849,7 +877,8 @@ class Core:
             if self._limited:
                 # One event per room: the change costs a token per room, up
                 # to a full bucket.
-                self._spend(s, now, max(1, min(len(s.rooms), self.config.burst)))
+                rooms = 0 if s.quiet else len(s.rooms)
+                self._spend(s, now, max(1, min(rooms, self.config.burst)))
             del self.nicks[s.key]
             if self.skeletons.get(s.skeleton) is s:
                 del self.skeletons[s.skeleton]
@@ -859,7 +888,7 @@ class Core:
             if self.claims is not None:
                 self.claims.use(new_key, s.peer_key, now)
             ts = format_ts(now)
-            for name in s.rooms:
+            for name in () if s.quiet else s.rooms:
                 room = self.rooms[name]
                 self._event(
                     room,
@@ -913,11 +942,13 @@ class Core:
 
     def _bye(self, s: Session, req: Bye, now: float, out: Outbox) -> None:
         out.reply(s.ident, ByeReply(id=req.id))
-        self._end(s, "quit", now, out)
+        self._end(s, "quit", now, out, req.reason)
 
-    def _end(self, s: Session, reason: str, now: float, out: Outbox) -> None:
+    def _end(
+        self, s: Session, reason: str, now: float, out: Outbox, text: str | None = None
+    ) -> None:
         for name in list(s.rooms):
-            self._leave(s, name, reason, now, out)
+            self._leave(s, name, reason, now, out, text)
         del self.sessions[s.ident]
         del self.nicks[s.key]
         if self.skeletons.get(s.skeleton) is s:

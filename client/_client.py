@@ -175,6 +175,9 @@ class Client:
         rooms: rooms to join on start (``general`` when not given).
         token: a session token from an earlier ``welcome``, to take over.
         client_name: what ``hello`` says this program is.
+        quiet: a session that only sends or only reads (a script, a tail):
+            the broker publishes no join or leave for it, and ``who`` lists
+            it apart.
         curve: CURVE keys, when the broker encrypts.
         rcvhwm: how many events the SUB socket may queue (0: unlimited).
         context: a ``zmq.asyncio.Context`` to use instead of the shared one.
@@ -192,6 +195,7 @@ class Client:
         rooms: Iterable[str] | None = None,
         token: str | None = None,
         client_name: str = "zchat-py/0.1",
+        quiet: bool = False,
         curve: CurveKeys | None = None,
         rcvhwm: int = 100_000,
         context: zmq.asyncio.Context | None = None,
@@ -200,6 +204,7 @@ class Client:
         self.nick = nick
         self.token = token
         self.client_name = client_name
+        self.quiet = quiet
         self.curve = curve
         self.rcvhwm = rcvhwm
         self.ctx = context or zmq.asyncio.Context.instance()
@@ -498,7 +503,7 @@ class Client:
         assert isinstance(reply, Joined)
         if name in self._rooms:
             self._rooms[name] = True
-            self._apply(self._seq.joined(name, reply.seq))
+            self._apply(self._seq.joined(name, reply.seq, own_event=not self.quiet))
         return reply
 
     async def part(self, room: str, reason: str | None = None) -> Parted:
@@ -835,7 +840,7 @@ class Client:
             if name in self._rooms:  # not parted meanwhile
                 self._rooms[name] = True
                 joins[name] = reply.seq
-                self._apply(self._seq.joined(name, reply.seq))
+                self._apply(self._seq.joined(name, reply.seq, own_event=not self.quiet))
         if self._offer is not None:
             await self._ask(Offer(commands=self._offer))
         return joins
@@ -856,7 +861,14 @@ class Client:
         # IMMEDIATE: nothing can be sent before the connection is up.
         while not await dealer.poll(1000, zmq.POLLOUT):
             pass
-        reply = await self._ask(Hello(nick=self.nick, token=self.token, client=self.client_name))
+        reply = await self._ask(
+            Hello(
+                nick=self.nick,
+                token=self.token,
+                client=self.client_name,
+                quiet=True if self.quiet else None,
+            )
+        )
         if isinstance(reply, Error):
             raise ZchatError(reply.code, reply.message)
         assert isinstance(reply, Welcome)

@@ -150,9 +150,11 @@ class Sequencer(Generic[E]):
 
     # ------------------------------------------------------------ inputs
 
-    def joined(self, room: str, seq: int) -> Step[E]:
+    def joined(self, room: str, seq: int, *, own_event: bool = True) -> Step[E]:
         """A ``joined`` reply for ``room``: ``seq`` is our join event, or the
-        room's last seq when we were already in it."""
+        room's last seq when we were already in it, or when the join made no
+        event (``own_event`` False: a quiet session's), so that we come in
+        after it."""
         step: Step[E] = Step()
         st = self._rooms.get(room)
         if st is None:
@@ -166,7 +168,7 @@ class Sequencer(Generic[E]):
         st.ready = True
         st.stalled = False
         if st.last is None:
-            st.last = max(seq - 1, 0)
+            st.last = max(seq - 1, 0) if own_event else seq
             st.held = {s: ev for s, ev in st.held.items() if s > st.last}
             st.claim = max(st.claim, seq)
         elif seq > st.last + 1:

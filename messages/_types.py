@@ -56,6 +56,9 @@ class Hello(_Request, tag="hello", kw_only=True):
     nick: str
     token: str | None = None
     client: Any = None
+    # Addition: a session that only sends or only reads (a script, a tail):
+    # its joins and leaves are not published, and who lists it apart.
+    quiet: bool | None = None
     needs_session: ClassVar[bool] = False
 
     def checked(self, max_text: int = TEXT_MAX) -> Hello:
@@ -77,7 +80,7 @@ class Part(_Request, tag="part", kw_only=True):
 
     def checked(self, max_text: int = TEXT_MAX) -> Part:
         check_room(self.room)
-        return self
+        return _with_reason(self)
 
 
 class Say(_Request, tag="say", kw_only=True):
@@ -171,6 +174,21 @@ class Ping(_Request, tag="ping", kw_only=True):
 
 class Bye(_Request, tag="bye", kw_only=True):
     reason: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Bye:
+        return _with_reason(self)
+
+
+REASON_MAX = 300
+
+
+def _with_reason(req: Any) -> Any:
+    """``req`` with its free-text ``reason`` checked like a text (no control
+    character, at most REASON_MAX characters); an empty one is no reason."""
+    if req.reason is None:
+        return req
+    reason = clean_text(req.reason, REASON_MAX, allow_empty=True) or None
+    return req if reason == req.reason else msgspec.structs.replace(req, reason=reason)
 
 
 class CommandSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -267,9 +285,11 @@ class Ack(_Reply, tag="ack", kw_only=True):
     to: str | None = None
 
 
-class WhoUser(msgspec.Struct, frozen=True, kw_only=True):
+class WhoUser(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     nick: str
     idle_ms: int
+    # Addition: a quiet session (a script or a reader, see hello.quiet).
+    quiet: bool = False
 
 
 class WhoReply(_Reply, tag="who", kw_only=True):
@@ -395,6 +415,9 @@ class JoinEvent(_Event, tag="join", kw_only=True):
 class LeaveEvent(_Event, tag="leave", kw_only=True):
     nick: str
     reason: str
+    # Addition: what the leaver typed (``/part #ops lunch break``, ``/quit
+    # gone home``).
+    text: str | None = None
 
 
 class NickEvent(_Event, tag="nick", kw_only=True):

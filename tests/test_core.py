@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 import messages as m
-from broker import Config, Core, Outbox, Store
+from broker import Config, Core, Outbox, Store, error_reply
 
 T0 = 1_795_521_600.0  # 2026-11-24T12:00:00Z
 _worlds: list[World] = []
@@ -34,9 +34,15 @@ class World:
         self.published: list[Any] = []
 
     def send(self, ident: bytes, req: Any) -> list[tuple[bytes, Any]]:
-        """One request; returns the replies and pushes, remembers the events."""
+        """One request, through the decoder as the shell does; returns the
+        replies and pushes, remembers the events."""
         out = Outbox()
-        self.core.handle(ident, req, self.now, out)
+        try:
+            req = m.decode_request(m.encode(req), max_text=self.core.config.max_text)
+        except m.ProtocolError as err:
+            out.reply(ident, error_reply(err))
+        else:
+            self.core.handle(ident, req, self.now, out)
         return self._flush(out)
 
     def _flush(self, out: Outbox) -> list[tuple[bytes, Any]]:
@@ -557,3 +563,38 @@ def test_the_address_that_limits_count_is_the_ip_or_an_ipv6_slash_64() -> None:
     assert address_key("2001:db8::1") == address_key("2001:db8::ffff:abcd") == "2001:db8::/64"
     assert address_key("2001:db8:0:1::1") != address_key("2001:db8::1")
     assert address_key("::ffff:10.1.2.3") == "10.1.2.3"
+
+
+# ---------------------------------------------------------------- issue 13
+
+
+def test_a_leave_carries_what_the_leaver_typed() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general", "ops")
+    w.ask(b"a", m.Part(room="ops", reason="lunch break  "))
+    assert w.published[-1].text == "lunch break" and w.published[-1].reason == "part"
+    w.ask(b"a", m.Bye(reason="gone home"))
+    assert (w.published[-1].reason, w.published[-1].text) == ("quit", "gone home")
+    w.hello(b"b", "bob", "general")
+    assert code(w.ask(b"b", m.Part(room="general", reason="bad \x1b[2J"))) == "text_invalid"
+    assert code(w.ask(b"b", m.Bye(reason="x" * 301))) == "text_invalid"
+    w.ask(b"b", m.Part(room="general", reason="   "))
+    assert w.published[-1].text is None
+
+
+def test_a_quiet_session_publishes_no_presence_and_is_listed_apart() -> None:
+    w = World()
+    w.hello(b"a", "alice", "general")
+    before = len(w.published)
+    assert isinstance(w.ask(b"t", m.Hello(nick="tail-1", quiet=True)), m.Welcome)
+    joined = w.ask(b"t", m.Join(room="general"))
+    assert joined.seq == 1 and joined.members == ["alice"]  # where it came in; not a member
+    assert len(w.published) == before
+    assert isinstance(w.ask(b"t", m.Say(room="general", text="deploy done")), m.Ack)
+    assert w.published[-1].from_ == "tail-1"  # what it says is published
+    who = w.ask(b"a", m.Who(room="general"))
+    assert [(u.nick, u.quiet) for u in who.users] == [("alice", False), ("tail-1", True)]
+    assert w.ask(b"a", m.Rooms()).rooms[0].members == ["alice"]
+    w.ask(b"t", m.Nick(nick="tail-2"))
+    w.ask(b"t", m.Bye())
+    assert [type(e).__name__ for e in w.published[before:]] == ["MsgEvent"]

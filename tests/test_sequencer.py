@@ -67,6 +67,17 @@ def test_events_before_the_joined_reply_wait_for_it() -> None:
     assert seqs(s.joined("general", 5)) == [5, 6]
 
 
+def test_a_quiet_join_comes_in_after_the_last_event() -> None:
+    """A quiet session's join makes no event: joined names the room's last
+    seq, which is before it came, not its own."""
+    s: Sequencer[Ev] = Sequencer()
+    s.track("general")
+    for seq in (4, 5, 6):
+        assert s.event(Ev("general", seq)) == Step()
+    assert seqs(s.joined("general", 5, own_event=False)) == [6]
+    assert s.pong({"general": 6}) == Step() and s.pong({"general": 6}) == Step()
+
+
 def test_other_rooms_and_forgotten_rooms_are_ignored() -> None:
     s = joined_at(1)
     assert s.event(Ev("dev", 1)) == Step()
