@@ -7,13 +7,19 @@ from history, so each event reaches its user once, in order.
 
 from ._client import (
     Client,
-    ConnectTimeout,
     CurveKeys,
     Disconnected,
     Item,
     Reconnected,
     Repaired,
     Status,
+)
+from ._errors import (
+    ClientClosed,
+    ConnectRefused,
+    ConnectTimeout,
+    InvalidInput,
+    RequestRefused,
     ZchatError,
 )
 from .bot import Bot, Message, Presence
@@ -21,14 +27,18 @@ from .bot import Bot, Message, Presence
 __all__ = [
     "Bot",
     "Client",
+    "ClientClosed",
+    "ConnectRefused",
     "ConnectTimeout",
     "CurveKeys",
     "Disconnected",
+    "InvalidInput",
     "Item",
     "Message",
     "Presence",
     "Reconnected",
     "Repaired",
+    "RequestRefused",
     "Status",
     "ZchatError",
 ]

@@ -9,9 +9,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._cli import add_common
 from ._keys import curve_keys
-from ._programs import fail, run_program
+from ._programs import add_common, fail, run_program
 from ._render import SafeFormatter, safe
 from .bot import Bot
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -40,13 +41,16 @@ from typing import Any, TypeVar, Union
 import msgspec
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from messages import (
     DEFAULT_ROOM,
     HISTORY_MAX,
     NOTICE_TOPIC,
+    TEXT_MAX,
     Ack,
     Bye,
+    Code,
     CommandInfo,
     Commands,
     CommandSpec,
@@ -83,6 +87,7 @@ from messages import (
     WhoReply,
     check_nick,
     check_room,
+    clean_text,
     decode_event,
     decode_reply,
     encode,
@@ -90,6 +95,14 @@ from messages import (
     room_topic,
 )
 
+from ._errors import (
+    ClientClosed,
+    ConnectRefused,
+    ConnectTimeout,
+    InvalidInput,
+    RequestRefused,
+    ZchatError,
+)
 from ._sequencer import Fetch, Sequencer, Step
 
 log = logging.getLogger("zchat.client")
@@ -100,24 +113,62 @@ BACKOFF_MAX_S = 2.0
 BACKLOG_HIGH = 10_000
 # Refusals that only say "not now": the client's own calls wait retry_ms
 # and ask again, and never give a room up over them.
-RETRY_CODES = frozenset({"rate_limited", "unavailable"})
+RETRY_CODES = frozenset({Code.RATE_LIMITED, Code.UNAVAILABLE})
+R = TypeVar("R")
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+_ENDPOINT_RE = re.compile(
+    r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):([0-9]{1,5})|(ipc|inproc)://\S+"
+)
 
 
-class ZchatError(Exception):
-    """The broker refused a request; ``code`` is the contract's error code."""
-
-    def __init__(self, code: str, message: str, *, retry_ms: int | None = None) -> None:
-        super().__init__(f"{message} ({code})")
-        self.code = code
-        self.message = message
-        self.retry_ms = retry_ms
+def valid_room(typed: str) -> str:
+    """A room as a person typed it (``#dev``), as its name, or InvalidInput."""
+    try:
+        return check_room(normalize_room(typed))
+    except ProtocolError as err:
+        raise InvalidInput.of(err) from None
 
 
-class ConnectTimeout(ZchatError):
-    """The broker did not answer in time."""
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` when it is one ZeroMQ can connect to, else InvalidInput
+    naming the form (``tcp://HOST:PORT``)."""
+    m = _ENDPOINT_RE.fullmatch(endpoint)
+    if m is not None and (m.group(2) is None or 0 < int(m.group(2)) < 65536):
+        return endpoint
+    hint = f" (tcp://{endpoint}?)" if re.fullmatch(r"[^\s:/]+:[0-9]{1,5}", endpoint) else ""
+    raise InvalidInput(
+        "bad_endpoint",
+        f"{endpoint!r} is not an endpoint: write tcp://HOST:PORT{hint}, or ipc://PATH",
+    )
 
-    def __init__(self, message: str) -> None:
-        super().__init__("timeout", message)
+
+def _expect(reply: Any, kind: type[R]) -> R:
+    """``reply`` when it is a ``kind``: a broker that answers a request with
+    something else breaks the contract (an error here, not an assert, which
+    ``python -O`` would drop)."""
+    if not isinstance(reply, kind):
+        raise ZchatError("bad_reply", f"expected {kind.__name__}, the broker sent {reply!r}")
+    return reply
+
+
+def handshake_failure(event: int, value: int, *, curve: bool) -> str:
+    """What a failed handshake (a socket monitor event) means, for people."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"the broker refused this client's key (status {value}): it admits only "
+            "the keys in its --allow-keys folder"
+        )
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        if curve:
+            return "the broker does not encrypt: leave --server-key out"
+        return "the broker encrypts (CURVE): give its public key with --server-key"
+    if curve:
+        return "the encrypted handshake failed: is --server-key the broker's public key?"
+    return "the handshake with the broker failed"
 
 
 # ---------------------------------------------------- connection state items
@@ -223,9 +274,7 @@ class Client:
         # A Reconnected owed once the rooms have what they missed:
         # (restarted, stats["repaired"] when it began, {room: joined seq}).
         self._owed: tuple[bool, int, dict[str, int]] | None = None
-        self._want_rooms = [
-            check_room(normalize_room(r)) for r in (rooms if rooms is not None else [DEFAULT_ROOM])
-        ]
+        self._want_rooms = [valid_room(r) for r in (rooms if rooms is not None else [DEFAULT_ROOM])]
         self._offer: list[CommandSpec] | None = None
         self._pending: dict[str, _Pending] = {}
         self._items: deque[Item] = deque()
@@ -238,6 +287,9 @@ class Client:
         self._sub: zmq.asyncio.Socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader: asyncio.Task[Any] | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._watcher: asyncio.Future[Any] | None = None
+        self._refused: asyncio.Future[ConnectRefused] | None = None
         self._recovering: asyncio.Task[Any] | None = None
         self._last_rx = time.monotonic()
         self._sub_connected = False
@@ -256,22 +308,36 @@ class Client:
         """Connect, say hello and join the start rooms.
 
         Raises:
-            ZchatError: the broker refused the nick (``nick_taken``,
-                ``nick_invalid``, ``unauthorized``) or a room.
+            InvalidInput: the nick or the endpoint is not valid.
+            RequestRefused: the broker refused the nick (``nick_taken``,
+                ``unauthorized``) or a room.
+            ConnectRefused: the handshake failed (keys, encryption).
             ConnectTimeout: no answer within ``timeout`` seconds.
         """
-        check_nick(self.nick)
+        try:
+            check_nick(self.nick)
+        except ProtocolError as err:
+            raise InvalidInput.of(err) from None
+        check_endpoint(self.endpoint)
         self._sub = self._socket(zmq.SUB)
         self._sub.setsockopt(zmq.RCVHWM, self.rcvhwm)
         self._sub.subscribe(NOTICE_TOPIC)
+        self._refused = asyncio.get_running_loop().create_future()
         self._new_dealer()
         self._spawn(self._heartbeat())
+        hello = asyncio.ensure_future(self._hello())
         try:
-            welcome = await asyncio.wait_for(self._hello(), timeout)
-        except asyncio.TimeoutError:
-            await self.close(quiet=True)
-            raise ConnectTimeout(f"no answer from {self.endpoint} within {timeout:g} s") from None
+            done, _ = await asyncio.wait(
+                {hello, self._refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if hello not in done:
+                hello.cancel()
+                if self._refused.done():
+                    raise self._refused.result()
+                raise ConnectTimeout(f"no answer from {self.endpoint} within {timeout:g} s")
+            welcome = hello.result()
         except BaseException:
+            hello.cancel()
             await self.close(quiet=True)
             raise
         self._spawn(self._read_sub())
@@ -299,9 +365,10 @@ class Client:
                     await task
         for p in self._pending.values():
             if not p.future.done():
-                p.future.set_exception(ZchatError("closed", "the client was closed"))
+                p.future.set_exception(ClientClosed("the client was closed"))
                 # Whoever waited may be gone (a cancelled ping): don't log it.
                 p.future.exception()
+        self._unwatch()
         for sock in (self._dealer, self._sub):
             if sock is not None:
                 sock.close(linger=0)
@@ -337,9 +404,14 @@ class Client:
     def _new_dealer(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
+        self._unwatch()
         if self._dealer is not None:
             self._dealer.close(linger=0)
         dealer = self._socket(zmq.DEALER)
+        # A failed handshake is invisible to requests (they just get no
+        # answer); the socket monitor tells which failure it was.
+        self._monitor = dealer.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._watcher = asyncio.ensure_future(self._watch_handshake(self._monitor))
         if self.curve is None:
             # The same routing id on every connection lets a broker with
             # ROUTER_HANDOVER keep the session through a reconnection. With
@@ -354,6 +426,29 @@ class Client:
         dealer.connect(self.endpoint)
         self._dealer = dealer
         self._reader = asyncio.ensure_future(self._read_dealer(dealer))
+
+    async def _watch_handshake(self, monitor: zmq.asyncio.Socket) -> None:
+        reported = ""
+        while True:
+            ev = parse_monitor_message(await monitor.recv_multipart())
+            why = handshake_failure(
+                int(ev["event"]), int(ev["value"]), curve=self.curve is not None
+            )
+            if self._refused is not None and not self._refused.done() and self.welcome is None:
+                self._refused.set_result(ConnectRefused(why))
+            elif why != reported:
+                log.warning("cannot connect to %s: %s", self.endpoint, why)
+            reported = why
+
+    def _unwatch(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        if self._monitor is not None and self._dealer is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._dealer.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     def _events_endpoint(self, advertised: str) -> str:
         transport, _, rest = advertised.partition("://")
@@ -453,10 +548,11 @@ class Client:
         full) is waited out (``retry_ms``) and the request asked again.
 
         Raises:
-            ZchatError: the broker answered with an ``error``.
+            RequestRefused: the broker answered with an ``error``.
+            ClientClosed: the client was closed first.
         """
         if self.closed:
-            raise ZchatError("closed", "the client is closed")
+            raise ClientClosed()
         rid = self._rid()
         msg = msgspec.structs.replace(msg, id=rid)  # type: ignore[type-var]
         loop = asyncio.get_running_loop()
@@ -476,31 +572,47 @@ class Client:
                 if reply.code in RETRY_CODES and retry_rate_limited:
                     await asyncio.sleep((reply.retry_ms or 100) / 1000)
                     continue
-                raise ZchatError(reply.code, reply.message, retry_ms=reply.retry_ms)
+                raise RequestRefused(reply.code, reply.message, retry_ms=reply.retry_ms)
             return reply  # type: ignore[no-any-return]
 
+    def _text(self, text: str) -> str:
+        """``text`` as the broker will take it, or InvalidInput at once: past
+        the broker's limit (from ``welcome``), empty, or with a control
+        character, it would only be refused."""
+        limit = self.welcome.limits.max_text if self.welcome is not None else TEXT_MAX
+        try:
+            return clean_text(text, limit)
+        except ProtocolError as err:
+            raise InvalidInput.of(err) from None
+
     async def say(self, room: str, text: str, *, action: bool = False) -> Ack:
-        """Say ``text`` in ``room`` (an action, like ``/me``, when ``action``)."""
+        """Say ``text`` in ``room`` (an action, like ``/me``, when ``action``).
+
+        Raises:
+            InvalidInput: the text is empty, too long or not valid text.
+            RequestRefused: the broker refused it (``not_in_room``, ...).
+        """
+        text = self._text(text)
         reply = await self.request(Say(room=normalize_room(room), text=text, action=action or None))
-        assert isinstance(reply, Ack)
+        reply = _expect(reply, Ack)
         return reply
 
     async def pm(self, nick: str, text: str) -> Ack:
         """Send a private message to ``nick``."""
-        reply = await self.request(Pm(to=nick, text=text))
-        assert isinstance(reply, Ack)
+        reply = await self.request(Pm(to=nick, text=self._text(text)))
+        reply = _expect(reply, Ack)
         return reply
 
     async def join(self, room: str) -> Joined:
         """Join ``room``: subscribe first, then ask, so no event is missed."""
-        name = check_room(normalize_room(room))
+        name = valid_room(room)
         if name not in self._rooms:
             self._rooms[name] = False
             self._seq.track(name)
             assert self._sub is not None
             self._sub.subscribe(room_topic(name))
         reply = await self.request(Join(room=name))
-        assert isinstance(reply, Joined)
+        reply = _expect(reply, Joined)
         if name in self._rooms:
             self._rooms[name] = True
             self._apply(self._seq.joined(name, reply.seq, own_event=not self.quiet))
@@ -509,7 +621,7 @@ class Client:
     async def part(self, room: str, reason: str | None = None) -> Parted:
         name = normalize_room(room)
         reply = await self.request(Part(room=name, reason=reason))
-        assert isinstance(reply, Parted)
+        reply = _expect(reply, Parted)
         if self._rooms.pop(name, None) is not None and self._sub is not None:
             self._sub.unsubscribe(room_topic(name))
         self._seq.forget(name)
@@ -526,7 +638,7 @@ class Client:
         after = None
         for _ in range(pages):
             reply = await self.request(Who(room=name, after=after))
-            assert isinstance(reply, WhoReply)
+            reply = _expect(reply, WhoReply)
             users += reply.users
             if not reply.more or not reply.users:
                 return msgspec.structs.replace(reply, users=users, more=False)
@@ -539,7 +651,7 @@ class Client:
         after = None
         for _ in range(pages):
             reply = await self.request(Rooms(after=after))
-            assert isinstance(reply, RoomsReply)
+            reply = _expect(reply, RoomsReply)
             rooms += reply.rooms
             if not reply.more or not reply.rooms:
                 return msgspec.structs.replace(reply, rooms=rooms, more=False)
@@ -558,18 +670,18 @@ class Client:
         reply = await self.request(
             History(room=normalize_room(room), after=after, before=before, limit=limit)
         )
-        assert isinstance(reply, HistoryReply)
+        reply = _expect(reply, HistoryReply)
         return [decode_event(bytes(e)) for e in reply.events], reply.more  # type: ignore[misc]
 
     async def set_nick(self, nick: str) -> NickReply:
         reply = await self.request(Nick(nick=nick))
-        assert isinstance(reply, NickReply)
+        reply = _expect(reply, NickReply)
         self.nick = reply.new
         return reply
 
     async def topic(self, room: str, topic: str) -> Ack:
         reply = await self.request(Topic(room=normalize_room(room), topic=topic))
-        assert isinstance(reply, Ack)
+        reply = _expect(reply, Ack)
         return reply
 
     async def offer_commands(self, commands: Iterable[CommandSpec]) -> int:
@@ -577,7 +689,7 @@ class Client:
         by itself after a reconnect."""
         self._offer = list(commands)
         reply = await self.request(Offer(commands=self._offer))
-        assert isinstance(reply, Offered)
+        reply = _expect(reply, Offered)
         return reply.count
 
     async def commands(self, room: str | None = None, *, pages: int = 5) -> list[CommandInfo]:
@@ -588,7 +700,7 @@ class Client:
         after = None
         for _ in range(pages):
             reply = await self.request(Commands(room=name, after=after))
-            assert isinstance(reply, CommandsReply)
+            reply = _expect(reply, CommandsReply)
             found += reply.commands
             if not reply.more or not reply.commands:
                 break
@@ -638,7 +750,7 @@ class Client:
         async def first() -> Item:
             async for item in self.items():
                 return item
-            raise ZchatError("closed", "the client is closed")
+            raise ClientClosed()
 
         return await asyncio.wait_for(first(), timeout)
 
@@ -663,7 +775,7 @@ class Client:
                 self._put(msg)
                 continue
             rid = getattr(msg, "id", None)
-            if isinstance(msg, Error) and msg.code == "no_session":
+            if isinstance(msg, Error) and msg.code == Code.NO_SESSION:
                 self._start_recovery("the broker does not know this session")
                 p = self._pending.get(rid) if rid else None
                 if p is not None and p.msg.__class__ is not Hello:
@@ -870,8 +982,8 @@ class Client:
             )
         )
         if isinstance(reply, Error):
-            raise ZchatError(reply.code, reply.message)
-        assert isinstance(reply, Welcome)
+            raise RequestRefused(reply.code, reply.message, retry_ms=reply.retry_ms)
+        reply = _expect(reply, Welcome)
         self.welcome = reply
         self.nick = reply.nick
         self.token = reply.token

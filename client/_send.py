@@ -7,11 +7,18 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Sequence
 
-from messages import ProtocolError, check_room, normalize_room
-
-from ._cli import add_common
-from ._client import ZchatError
-from ._programs import EXIT_UNREACHABLE, default_nick, fail, make_client, run_program
+from ._client import valid_room
+from ._errors import ZchatError
+from ._programs import (
+    EXIT_UNREACHABLE,
+    add_common,
+    default_nick,
+    describe,
+    exit_status,
+    fail,
+    make_client,
+    run_program,
+)
 
 PROG = "zchat send"
 
@@ -28,6 +35,12 @@ def parser() -> argparse.ArgumentParser:
     to.add_argument("--to", metavar="NICK", help="send private messages to NICK instead")
     p.add_argument("--me", action="store_true", help="send as an action, like /me")
     p.add_argument(
+        "--visible",
+        action="store_true",
+        help="join and leave the room visibly (by default a send is quiet: the room sees "
+        "only its messages)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=10.0,
@@ -40,23 +53,24 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    room = None
-    if args.room is not None:
-        room = normalize_room(args.room)
-        try:
-            check_room(room)
-        except ProtocolError as err:
-            return fail(PROG, err.message, 2)
     texts = [" ".join(args.text)] if args.text else None
 
     async def body() -> int:
-        client = make_client(args, args.nick or default_nick("send"), [room] if room else [])
+        room = valid_room(args.room) if args.room is not None else None
+        # Quiet: a script's session publishes no join or leave of its own.
+        client = make_client(
+            args,
+            args.nick or default_nick("send"),
+            [room] if room else [],
+            quiet=not args.visible,
+        )
         await client.start(timeout=args.timeout)
         sent = 0
         try:
             async for text in _lines(texts):
                 if not text.strip():
                     continue
+                where = f"line {sent + 1}: " if texts is None else ""
                 try:
                     if room is not None:
                         coro = client.say(room, text, action=args.me)
@@ -70,8 +84,7 @@ def main(argv: Sequence[str]) -> int:
                         EXIT_UNREACHABLE,
                     )
                 except ZchatError as err:
-                    where = f"line {sent + 1}: " if texts is None else ""
-                    return fail(PROG, f"{where}{err.message} ({err.code})", 1)
+                    return fail(PROG, where + describe(err), exit_status(err))
                 sent += 1
         finally:
             await client.close()

@@ -30,9 +30,8 @@ from messages import (
     encode,
 )
 
-from ._cli import add_common
-from ._client import Client, Disconnected, Reconnected
-from ._programs import default_nick, make_client, run_program
+from ._client import Client, Disconnected, Reconnected, valid_room
+from ._programs import add_common, default_nick, make_client, run_program
 from ._render import event_line
 
 PROG = "zchat tail"
@@ -58,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="one JSON object per line, exactly as on the wire"
     )
     p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N events")
+    p.add_argument(
+        "--visible",
+        action="store_true",
+        help="be a member of the room that others see come and go (by default a tail "
+        "is quiet: no join or leave of its own, listed apart by /who)",
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -117,10 +122,12 @@ class _Writer:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    rooms = args.room or [DEFAULT_ROOM]
 
     async def body() -> int:
-        client = make_client(args, args.nick or default_nick("tail"), [])
+        rooms = [valid_room(r) for r in args.room or [DEFAULT_ROOM]]
+        # Quiet: a reader publishes no join or leave, is listed apart in
+        # who, and counts none of its own presence in --count.
+        client = make_client(args, args.nick or default_nick("tail"), [], quiet=not args.visible)
         await client.start(timeout=args.timeout)
         writer = _Writer()
         try:
@@ -147,8 +154,10 @@ async def _follow(client: Client, rooms: list[str], args: Any, writer: _Writer) 
     printed = 0
     for room in rooms:
         joined = await client.join(room)
-        if args.history > 0 and joined.seq > 1:
-            events, _ = await client.history(room, before=joined.seq, limit=args.history)
+        # A quiet join makes no event: joined.seq is the last one before us.
+        came = joined.seq + 1 if client.quiet else joined.seq
+        if args.history > 0 and came > 1:
+            events, _ = await client.history(room, before=came, limit=args.history)
             if args.count:
                 events = events[: args.count - printed]
             if events:

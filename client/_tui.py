@@ -23,6 +23,7 @@ from rich.console import Console
 
 from messages import (
     DEFAULT_ROOM,
+    Code,
     JoinEvent,
     LeaveEvent,
     MsgEvent,
@@ -33,12 +34,13 @@ from messages import (
 )
 
 from . import _render as r
-from ._cli import add_common
-from ._client import Client, ConnectTimeout, Disconnected, Reconnected, Repaired, ZchatError
+from ._client import Client, Disconnected, Reconnected, Repaired, check_endpoint
+from ._errors import InvalidInput, ZchatError
 from ._keys import curve_keys, fingerprint
+from ._programs import add_common, run_program
 
 BACKLOG = 10
-NICK_ERRORS = ("nick_taken", "nick_invalid", "unauthorized")
+NICK_ERRORS = (Code.NICK_TAKEN, Code.NICK_INVALID, Code.UNAUTHORIZED)
 
 
 def data_dir() -> Path:
@@ -368,16 +370,19 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     console = Console(highlight=False, force_terminal=interactive or None)
-    try:
-        curve = curve_keys(args.server_key)
-    except ValueError as err:
-        console.print(r.error(str(err)))
-        return 2
     rooms = args.room or [DEFAULT_ROOM]
-    try:
-        return asyncio.run(_run(args, rooms, curve, console, interactive))
-    except KeyboardInterrupt:
-        return 130
+
+    async def body() -> int:
+        check_endpoint(args.connect)
+        try:
+            curve = curve_keys(args.server_key)
+        except ValueError as err:
+            raise InvalidInput("bad_key", str(err)) from None
+        return await _run(args, rooms, curve, console, interactive)
+
+    # Failures before the chat starts are one line on stderr, with the
+    # exit status every zchat program uses.
+    return run_program("zchat", body)
 
 
 async def _ask(prompt: str, interactive: bool) -> str | None:
@@ -408,17 +413,13 @@ async def _connect(args: Any, curve: Any, console: Console, interactive: bool) -
         client = Client(args.connect, nick, rooms=[], curve=curve, client_name="zchat-tui/0.1")
         try:
             await client.start()
-        except ConnectTimeout as err:
-            console.print(r.error(f"cannot reach the broker at {args.connect}: {err.message}"))
-            return None
-        except (ZchatError, ProtocolError) as err:
-            code = err.code if isinstance(err, ZchatError) else err.code.value
+        except ZchatError as err:
+            if err.code not in NICK_ERRORS:
+                raise  # one line on stderr, by run_program
             console.print(r.error(err.message))
-            if code in NICK_ERRORS:
-                nick = None
-                console.print(r.info("Pick another nick."))
-                continue
-            return None
+            nick = None
+            console.print(r.info("Pick another nick."))
+            continue
         if curve is not None:
             console.print(r.info(f"encrypted; broker key {fingerprint(curve.server_public)}"))
         return client
@@ -429,7 +430,7 @@ async def _run(
 ) -> int:
     client = await _connect(args, curve, console, interactive)
     if client is None:
-        return 1
+        return 0  # no nick given: nothing was asked of the broker
     ui = ChatUI(client, console)
     ui.show(r.info(f"connected to {args.connect} as {client.nick}; /help lists the commands"))
     pump = asyncio.ensure_future(ui.pump())

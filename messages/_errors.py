@@ -31,6 +31,14 @@ class Code(str, enum.Enum):
     LIMIT_REACHED = "limit_reached"
     UNAVAILABLE = "unavailable"
 
+    # A code reads as what travels, in messages and f-strings alike (a str
+    # enum would otherwise print as "Code.NICK_TAKEN" on some Pythons).
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
 
 class ProtocolError(Exception):
     """A message broke the contract.

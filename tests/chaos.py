@@ -482,6 +482,33 @@ def check_exact(
         )
 
 
+def wait_for_reader(endpoint: str, nick: str, room: str = "general", timeout: float = 30) -> int:
+    """Wait until ``nick`` (a quiet reader, which publishes no join) is in
+    ``room``; returns the room's last seq then, after which the reader must
+    print everything."""
+    import zmq
+
+    from .helpers import RawClient, wait_until
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    probe = RawClient(ctx, endpoint)
+    try:
+        assert probe.request({"type": "hello", "nick": "probe-" + nick})["type"] == "welcome"
+
+        def listed() -> bool:
+            users = probe.request({"type": "who", "room": room})["users"]
+            return any(u["nick"] == nick for u in users)
+
+        wait_until(listed, timeout, f"{nick} in #{room}")
+        page = probe.request({"type": "history", "room": room, "limit": 1})
+        last = page["events"][-1]["seq"] if page["events"] else 0
+        probe.request({"type": "bye"})
+        return int(last)
+    finally:
+        probe.close()
+        ctx.destroy(linger=0)
+
+
 async def until(cond: Callable[[], Any], timeout: float, what: str) -> None:
     """Wait until ``cond()`` holds, polling; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout

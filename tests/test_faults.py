@@ -26,6 +26,7 @@ from .chaos import (
     room_history,
     run_chaos,
     until,
+    wait_for_reader,
 )
 from .helpers import ROOT, Broker, RawClient, run, wait_until
 
@@ -66,11 +67,11 @@ def test_tail_at_full_speed_through_crash_chaos(make_broker: Callable[..., Broke
     # behind, as behind a slow pipe, and catches up from history.
     tail = Tail(b.endpoint, env, stall=(20_000, 0.3))
     try:
-        wait_until(lambda: tail.lines, 30, "the tail's own join")
+        came = wait_for_reader(b.endpoint, "tail")
         chaos = run(full_speed_chaos(b, seconds=7, seed=4), 120)
         last = chaos.history[-1][0]
         wait_until(lambda: tail.last_seq() >= last, 90, f"the tail to print up to {last}")
-        check_exact(chaos.sender, chaos.history, tail.got(), "zchat tail")
+        check_exact(chaos.sender, chaos.history, tail.got(), "zchat tail", start=came + 1)
     finally:
         tail.close()
     assert chaos.killer.kills >= 2 and chaos.messages > 10_000
@@ -130,7 +131,7 @@ def test_a_tail_stalled_through_a_broker_kill_lives_and_misses_nothing(
     sender = RawSender(b.endpoint)
     flood = threading.Thread(target=sender.run, args=(stop,), daemon=True)
     try:
-        wait_until(lambda: tail.lines, 30, "the tail's own join")
+        came = wait_for_reader(b.endpoint, "tail")
         flood.start()
         # More than the tail can queue: its SUB stops reading for good.
         wait_until(lambda: len(sender.acked) > 200_000, 60, "the flood")
@@ -147,7 +148,7 @@ def test_a_tail_stalled_through_a_broker_kill_lives_and_misses_nothing(
             lambda: tail.proc.poll() is not None or tail.last_seq() >= last, 90, f"seq {last}"
         )
         assert tail.proc.poll() is None, "the tail died"
-        check_exact(sender, history, tail.got(), "the stalled tail")
+        check_exact(sender, history, tail.got(), "the stalled tail", start=came + 1)
     finally:
         stop.set()
         tail.close()
@@ -171,6 +172,7 @@ def test_frozen_client_times_out_and_comes_back(broker: Broker, zctx: Any) -> No
             broker.endpoint,
             "--nick",
             "frozen",
+            "--visible",
             "--json",
             "--count",
             "6",

@@ -90,18 +90,36 @@ def test_send_private_message(broker: Broker) -> None:
 @pytest.mark.parametrize(
     ("args", "stdin", "status", "words"),
     [
+        # 2: wrong usage, found before anything was sent.
         (["--room", "Not A Room", "x"], None, 2, "not valid"),
+        (["--room", "general"], "fine\n\x1b[31mred\n", 2, "line 2"),
+        (["--room", "general", "x" * 5000], None, 2, "the limit is 4000"),
+        (["--to", "bob", "y" * 70_000], None, 2, "the limit is 4000"),
+        # 1: the broker refused.
         (["--to", "nobody", "x"], None, 1, "no_such_user"),
-        (["--room", "general"], "fine\n\x1b[31mred\n", 1, "line 2"),
-        (["--room", "general", "x" * 5000], None, 1, "text_invalid"),
     ],
 )
 def test_send_failures_are_one_line(
     broker: Broker, args: list[str], stdin: str | None, status: int, words: str
 ) -> None:
+    started = time.monotonic()
     r = zchat("send", "--connect", broker.endpoint, *args, stdin=stdin)
     assert r.returncode == status
     assert words in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert time.monotonic() - started < 8  # at once, not after the 10 s timeout
+
+
+@pytest.mark.parametrize("program", [[], ["send", "--room", "general", "x"], ["tail"]])
+@pytest.mark.parametrize("endpoint", ["localhost:15555", "foo", "tcp://nowhere", "tcp://h:99999"])
+def test_a_bad_endpoint_is_one_line_naming_the_form(program: list[str], endpoint: str) -> None:
+    """Issue 13, point 5: --connect localhost:15555 printed a traceback."""
+    args = [*program[:1], "--connect", endpoint, "--nick", "someone", *program[1:]]
+    r = zchat(*args, stdin="", timeout=30)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "tcp://HOST:PORT" in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    if endpoint == "localhost:15555":
+        assert "tcp://localhost:15555?" in r.stderr
 
 
 def test_send_taken_nick(broker: Broker) -> None:
@@ -139,28 +157,29 @@ def test_tail_json_history_and_count(broker: Broker) -> None:
     zchat(
         "send", "--connect", broker.endpoint, "--nick", "w", "--room", "general", stdin="a\nb\nc\n"
     )
-    r = zchat(
-        "tail",
-        "--connect",
-        broker.endpoint,
-        "--nick",
-        "t",
-        "--history",
-        "3",
-        "--json",
-        "--count",
-        "4",
-    )
+    tail = ("tail", "--connect", broker.endpoint, "--nick", "t", "--json")
+    r = zchat(*tail, "--history", "3", "--count", "3")
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [ev.get("text") for ev in lines[:2]] == ["b", "c"]
-    assert lines[2]["type"] == "leave" and lines[3] == {
-        "type": "join",
-        "room": "general",
-        "seq": lines[2]["seq"] + 1,
-        "ts": lines[3]["ts"],
-        "nick": "t",
-    }
+    # A script's send is quiet: the room got its three messages, no join or
+    # leave around them; nor did the tail publish its own.
+    assert [(ev["type"], ev["seq"], ev.get("text")) for ev in lines] == [
+        ("msg", 1, "a"),
+        ("msg", 2, "b"),
+        ("msg", 3, "c"),
+    ]
+    zchat(
+        "send", "--connect", broker.endpoint, "--nick", "v", "--room", "general", "--visible", "d"
+    )
+    r = zchat(*tail, "--history", "3", "--count", "3")
+    assert [
+        (ev["type"], ev.get("nick") or ev.get("from"))
+        for ev in map(json.loads, r.stdout.splitlines())
+    ] == [
+        ("join", "v"),
+        ("msg", "v"),
+        ("leave", "v"),
+    ]
 
 
 _started: list[subprocess.Popen[bytes]] = []
@@ -213,7 +232,7 @@ def _wait_joined(broker: Broker, nick: str) -> None:
 def test_tail_through_a_stalled_pipe_gets_every_message(make_broker: Callable[..., Broker]) -> None:
     b = make_broker("--rate", "0")
     n = 20_000
-    tail = _start_tail(b, n + 2)  # its join, the flood's join, then the messages
+    tail = _start_tail(b, n + 1)  # the flood's join, then the messages (a tail is quiet)
     _wait_joined(b, "tail")
 
     async def flood() -> None:
@@ -235,7 +254,7 @@ def test_tail_through_a_stalled_pipe_gets_every_message(make_broker: Callable[..
 
 
 def test_tail_across_a_broker_restart(broker: Broker) -> None:
-    tail = _start_tail(broker, 7)
+    tail = _start_tail(broker, 2)  # the two messages: the sends and the tail are quiet
     _wait_joined(broker, "tail")
     zchat("send", "--connect", broker.endpoint, "--nick", "w", "--room", "general", "before")
     broker.kill()
@@ -405,11 +424,15 @@ def test_offer_is_validated(raw: Callable[[], Any]) -> None:
 
 def test_tail_human_lines_are_plain_in_a_pipe(broker: Broker) -> None:
     zchat("send", "--connect", broker.endpoint, "--nick", "w", "--room", "general", "[b]hi[/b]")
-    r = zchat("tail", "--connect", broker.endpoint, "--nick", "t", "--history", "2", "--count", "2")
+    zchat(
+        "send", "--connect", broker.endpoint, "--nick", "v", "--room", "general", "--visible", "x"
+    )
+    r = zchat("tail", "--connect", broker.endpoint, "--nick", "t", "--history", "4", "--count", "4")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <w> \[b\]hi\[/b\]", lines[0]), lines
-    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <-- w left #general \(quit\)", lines[1]), lines
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] --> v joined #general", lines[1]), lines
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] <-- v left #general \(quit\)", lines[3]), lines
     assert "\x1b[" not in r.stdout
 
 
