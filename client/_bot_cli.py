@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._client import valid_room
 from ._keys import curve_keys
 from ._programs import add_common, fail, run_program
 from ._render import SafeFormatter, safe
@@ -55,12 +56,12 @@ def main(argv: Sequence[str]) -> int:
         return fail(PROG, str(err), 2)
     if args.nick:
         bot.nick = args.nick
-    if args.room:
-        bot.rooms = args.room
 
     async def body() -> int:
+        if args.room:
+            bot.rooms = [valid_room(room) for room in args.room]
         client = bot.client(args.connect, curve=curve_keys(args.server_key))
-        await client.start()
+        await client.start(timeout=args.timeout)
         logging.getLogger("zchat.bot").info(
             "%s is in %s", safe(client.nick), safe(", ".join("#" + r for r in client.rooms))
         )

@@ -59,6 +59,13 @@ def add_common(p: argparse.ArgumentParser, *, nick_required: bool = False) -> No
         help="the nick to use (env ZCHAT_NICK)",
     )
     p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up when the broker does not answer for this long (default %(default)s)",
+    )
+    p.add_argument(
         "--server-key",
         default=os.environ.get("ZCHAT_SERVER_KEY"),
         metavar="KEY",

@@ -143,36 +143,40 @@ def _room(room: str, current: str | None) -> tuple[str, str]:
     return ("" if room == current else f"#{room} ", DIM)
 
 
-def event_line(ev: Any, *, me: str, current: str | None = None) -> Text:
-    """One room event, push or notice as a line.
+def event_parts(
+    ev: Any, *, me: str, current: str | None = None, hang: bool = True
+) -> tuple[Text, Text]:
+    """One room event, push or notice as its head (time, room, sender) and
+    its body; with ``hang``, the body's further lines are indented as far
+    as the head is long, so that they sit under its first.
 
-    Built with ``Text.assemble`` so each piece keeps its own style, and the
-    network's text is never parsed as markup.
+    Built from ``Text`` pieces, each with its own style: the network's text
+    is never parsed as markup.
     """
     if isinstance(ev, MsgEvent):
         sender = safe(ev.from_)
         color = nick_color(sender)
         stamp, room = _stamp(ev.ts), _room(safe(ev.room), current)
-        who: tuple[str, str] = (f"* {sender}" if ev.action else f"<{sender}>", f"bold {color}")
-        indent = len(stamp[0]) + len(room[0]) + len(who[0]) + 1
-        body = visible(ev.text, indent=indent)
+        who = f"* {sender}" if ev.action else f"<{sender}>"
+        head = Text.assemble(stamp, room, (who, f"bold {color}"), " ")
+        body = visible(ev.text, indent=len(head) if hang else 0)
         if ev.from_ != me and mentions(ev.text, me):
             body.stylize(MENTION)
-        return Text.assemble(stamp, room, who, " ", body)
+        return head, body
     if isinstance(ev, PmPush):
         if ev.from_.lower() == me.lower():
-            return sent_pm_line(ev.to, ev.text, ev.ts)
-        head = f"[pm from {safe(ev.from_)}]"
-        stamp = _stamp(ev.ts)
-        body = visible(ev.text, indent=len(stamp[0]) + len(head) + 1)
-        return Text.assemble(stamp, (head, PM), " ", body)
+            return _pm_parts(f"[pm to {safe(ev.to)}]", ev.text, ev.ts, hang)
+        return _pm_parts(f"[pm from {safe(ev.from_)}]", ev.text, ev.ts, hang)
     if isinstance(ev, Notice):
-        return Text.assemble(("*** ", "bold yellow"), visible(ev.text, indent=4, style="yellow"))
+        head = Text("*** ", style="bold yellow")
+        return head, visible(ev.text, indent=4 if hang else 0, style="yellow")
     if isinstance(ev, JoinEvent):
         text = f"--> {safe(ev.nick)} joined #{safe(ev.room)}"
     elif isinstance(ev, LeaveEvent):
-        reason = LEAVE_WORDS.get(ev.reason, safe(ev.reason))
-        text = f"<-- {safe(ev.nick)} left #{safe(ev.room)} ({reason})"
+        why = LEAVE_WORDS.get(ev.reason, safe(ev.reason))
+        if ev.text:
+            why += f": {safe(ev.text)}"
+        text = f"<-- {safe(ev.nick)} left #{safe(ev.room)} ({why})"
     elif isinstance(ev, NickEvent):
         text = f"--- {safe(ev.old)} is now known as {safe(ev.new)}"
     elif isinstance(ev, TopicEvent):
@@ -180,15 +184,44 @@ def event_line(ev: Any, *, me: str, current: str | None = None) -> Text:
             f"--- {safe(ev.nick)} set the topic of #{safe(ev.room)}: {safe(ev.topic) or '(none)'}"
         )
     else:
-        return Text(safe(repr(ev)), style=DIM)
-    return Text.assemble(_stamp(ev.ts), Text(text, style=DIM))
+        return Text(), Text(safe(repr(ev)), style=DIM)
+    return Text.assemble(_stamp(ev.ts)), Text(text, style=DIM)
+
+
+def _pm_parts(label: str, text: str, ts: str, hang: bool) -> tuple[Text, Text]:
+    head = Text.assemble(_stamp(ts), (label, PM), " ")
+    return head, visible(text, indent=len(head) if hang else 0)
+
+
+def event_line(ev: Any, *, me: str, current: str | None = None) -> Text:
+    """One room event, push or notice as a line (for pipes and plain
+    output: long lines are left to the terminal)."""
+    head, body = event_parts(ev, me=me, current=current)
+    return Text.assemble(head, body)
+
+
+def event_grid(ev: Any, *, me: str, current: str | None = None, width: int = 80) -> Table:
+    """One event for a terminal: a long text wraps at word boundaries with
+    its further lines under its first, not under the time."""
+    head, body = event_parts(ev, me=me, current=current, hang=False)
+    grid = Table.grid(padding=0)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold", max_width=max(10, width - len(head)))
+    grid.add_row(head, body)
+    return grid
+
+
+def rejoined_line(room: str, nicks: Sequence[str]) -> Text:
+    """Everyone who came back to ``room`` after the broker restarted, in one line."""
+    shown = ", ".join(safe(n) for n in nicks[:5])
+    if len(nicks) > 5:
+        shown += f" and {len(nicks) - 5} others"
+    return info(f"#{room}: {shown} came back (the broker restarted)")
 
 
 def sent_pm_line(to: str, text: str, ts: str) -> Text:
-    stamp, head = _stamp(ts), f"[pm to {safe(to)}]"
-    return Text.assemble(
-        stamp, (head, PM), " ", visible(text, indent=len(stamp[0]) + len(head) + 1)
-    )
+    head, body = _pm_parts(f"[pm to {safe(to)}]", text, ts, True)
+    return Text.assemble(head, body)
 
 
 def date_line(day: date) -> Text:
@@ -234,33 +267,18 @@ def rooms_table(rooms: Iterable[Any], joined: Sequence[str]) -> Table:
     return table
 
 
-COMMANDS: list[tuple[str, str, str]] = [
-    ("/help", "", "this table"),
-    ("/join", "ROOM", "join ROOM (or switch to it)"),
-    ("/part", "[ROOM] [REASON]", "leave ROOM (the current one by default)"),
-    ("/rooms", "", "rooms with people in them"),
-    ("/who", "[ROOM]", "who is in ROOM (the current one by default)"),
-    ("/whosonline", "", "everyone connected"),
-    ("/pm", "NICK TEXT", "a private message (also /msg)"),
-    ("/me", "TEXT", "an action: * you TEXT"),
-    ("/nick", "NICK", "change your nick"),
-    ("/topic", "[TEXT]", "show or set the room's topic"),
-    ("/history", "[N]", "the last N messages of the room (default 20)"),
-    ("/quit", "[REASON]", "leave zchat (also Ctrl-D)"),
-]
-
-
-def help_table(bot_commands: Iterable[Any] = ()) -> Table:
+def help_table(
+    commands: Iterable[tuple[str, str, Sequence[str]]], bot_commands: Iterable[Any] = ()
+) -> Table:
+    """The commands, as ``(usage, help, aliases)``, and the bots' commands."""
     table = Table(title="commands", title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("command", style="bold")
-    table.add_column("arguments")
     table.add_column("what it does")
-    for name, args, what in COMMANDS:
-        table.add_row(name, args, what)
+    for usage, what, aliases in commands:
+        also = f" (also {', '.join('/' + a for a in aliases)})" if aliases else ""
+        table.add_row(Text(usage), Text(what + also))
     for c in bot_commands:
         table.add_row(
-            Text(f"!{safe(c.name)}"),
-            Text(safe(c.usage)),
-            Text(f"{safe(c.help)} (bot {safe(c.nick)})"),
+            Text(safe(c.usage) or f"!{safe(c.name)}"), Text(f"{safe(c.help)} (bot {safe(c.nick)})")
         )
     return table

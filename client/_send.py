@@ -40,13 +40,6 @@ def parser() -> argparse.ArgumentParser:
         help="join and leave the room visibly (by default a send is quiet: the room sees "
         "only its messages)",
     )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="give up when the broker does not answer for this long (default %(default)s)",
-    )
     p.add_argument("text", nargs="*", help="the message; without it, one message per stdin line")
     return p
 

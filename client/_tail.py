@@ -63,13 +63,6 @@ def parser() -> argparse.ArgumentParser:
         help="be a member of the room that others see come and go (by default a tail "
         "is quiet: no join or leave of its own, listed apart by /who)",
     )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="how long to wait for the broker at start (default %(default)s)",
-    )
     return p
 
 

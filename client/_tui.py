@@ -4,7 +4,8 @@ Messages print above a prompt_toolkit input line (``patch_stdout``), so
 arriving text never garbles what is being typed. A typed message is erased
 from the input line and appears once, rendered, when it comes back from the
 broker in its room's order. When standard input or output is not a
-terminal, the same client runs in plain line mode.
+terminal, the same client runs in plain line mode. Commands are in
+``_commands.py``.
 """
 
 from __future__ import annotations
@@ -29,18 +30,23 @@ from messages import (
     MsgEvent,
     NickEvent,
     PmPush,
-    ProtocolError,
     normalize_room,
 )
 
+from . import _commands
 from . import _render as r
-from ._client import Client, Disconnected, Reconnected, Repaired, check_endpoint
+from ._client import Client, Disconnected, Reconnected, Repaired, check_endpoint, valid_room
 from ._errors import InvalidInput, ZchatError
 from ._keys import curve_keys, fingerprint
 from ._programs import add_common, run_program
 
 BACKLOG = 10
 NICK_ERRORS = (Code.NICK_TAKEN, Code.NICK_INVALID, Code.UNAUTHORIZED)
+# After the broker restarted, everyone rejoins at once: joins within this
+# long of our own reconnection are told in one line per room.
+REJOIN_WINDOW_S = 5.0
+# The same nick change comes once from each room it is announced in.
+NICK_ECHO_S = 10.0
 
 
 def data_dir() -> Path:
@@ -56,33 +62,58 @@ class ChatUI:
     Args:
         client: a started client.
         console: where everything is printed.
+        wrap: wrap long messages under their first line (a terminal), rather
+            than leave them on one line (a pipe).
     """
 
-    def __init__(self, client: Client, console: Console) -> None:
+    def __init__(self, client: Client, console: Console, *, wrap: bool = False) -> None:
         self.client = client
         self.console = console
+        self.wrap = wrap
         self.current: str | None = None
         self.members: dict[str, set[str]] = {}
         self.last_day: date | None = None
         self.bot_commands: list[Any] = []
         self.status = "connected"
         self.sending = 0
+        self.quit_reason: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         # Cleared while a join prints the room's backlog, so the live events
         # that follow it are not shown before it.
         self._live = asyncio.Event()
         self._live.set()
+        self._rejoin_until = 0.0
+        self._rejoined: dict[str, list[str]] = {}
+        self._nick_changes: dict[tuple[str, str], float] = {}
 
     # --------------------------------------------------------------- output
 
     def show(self, renderable: Any) -> None:
         self.console.print(renderable, soft_wrap=True, highlight=False)
 
+    def show_event(self, ev: Any) -> None:
+        """One event or push as a line: in a terminal, a long one wraps with
+        its further lines under its text."""
+        ts = getattr(ev, "ts", None)
+        if ts is not None:
+            self._day(ts)
+        me = self.client.nick
+        if self.wrap:
+            self.console.print(
+                r.event_grid(ev, me=me, current=self.current, width=self.console.width),
+                highlight=False,
+            )
+        else:
+            self.show(r.event_line(ev, me=me, current=self.current))
+
     def _day(self, ts: str) -> None:
         day = r.local_time(ts).date()
         if self.last_day is not None and day != self.last_day:
             self.show(r.date_line(day))
         self.last_day = day
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
 
     def on_item(self, item: Any) -> None:
         """Show one item from the client, keeping nick lists up to date."""
@@ -93,29 +124,54 @@ class ChatUI:
         if isinstance(item, Reconnected):
             self.status = "connected"
             text = "reconnected"
+            if item.restarted:
+                text += " (the broker restarted)"
+                self._rejoin_until = self._now() + REJOIN_WINDOW_S
+                self.spawn(self._end_rejoins())
             if item.recovered:
                 text += f"; recovered {item.recovered} missed messages"
             self.show(r.info(text))
             return
         if isinstance(item, Repaired):
             return
-        ts = getattr(item, "ts", None)
-        if ts is not None:
-            self._day(ts)
         me = self.client.nick
+        room = getattr(item, "room", None)
         if isinstance(item, JoinEvent):
             self.members.setdefault(item.room, set()).add(item.nick)
-        elif isinstance(item, LeaveEvent):
+            if self._now() < self._rejoin_until:
+                if item.nick != me:
+                    self._rejoined.setdefault(item.room, []).append(item.nick)
+                return
+        elif room in self._rejoined:
+            self._flush_rejoins(room)  # told before what came after them
+        if isinstance(item, LeaveEvent):
             self.members.get(item.room, set()).discard(item.nick)
         elif isinstance(item, NickEvent):
-            room = self.members.setdefault(item.room, set())
-            room.discard(item.old)
-            room.add(item.new)
-        self.show(r.event_line(item, me=me, current=self.current))
+            members = self.members.setdefault(item.room, set())
+            members.discard(item.old)
+            members.add(item.new)
+            key, now = (item.old, item.new), self._now()
+            if now - self._nick_changes.get(key, -NICK_ECHO_S) < NICK_ECHO_S:
+                return  # the same change, announced in another room we share
+            self._nick_changes = {
+                k: t for k, t in self._nick_changes.items() if now - t < NICK_ECHO_S
+            }
+            self._nick_changes[key] = now
+        self.show_event(item)
         if (isinstance(item, MsgEvent) and item.from_ != me and r.mentions(item.text, me)) or (
             isinstance(item, PmPush) and item.from_ != me
         ):
             self.console.bell()
+
+    def _flush_rejoins(self, room: str) -> None:
+        nicks = self._rejoined.pop(room, [])
+        if nicks:
+            self.show(r.rejoined_line(room, nicks))
+
+    async def _end_rejoins(self) -> None:
+        await asyncio.sleep(REJOIN_WINDOW_S)  # the window itself, not a wait for anything
+        for room in list(self._rejoined):
+            self._flush_rejoins(room)
 
     async def pump(self) -> None:
         async for item in self.client.items():
@@ -136,15 +192,15 @@ class ChatUI:
             return True
         if line.startswith("/") and not line.startswith("//"):
             name, _, rest = line[1:].partition(" ")
-            handler = COMMANDS.get(name.lower())
-            if handler is None:
+            command = _commands.find(name)
+            if command is None:
                 self.show(r.error(f"unknown command /{name}; /help lists the commands"))
                 return True
             try:
-                return await handler(self, rest.strip())
+                return await command.run(self, rest.strip())
+            except _commands.Usage as err:
+                self.show(r.error(_commands.usage_error(command, err)))
             except ZchatError as err:
-                self.show(r.error(err.message))
-            except ProtocolError as err:
                 self.show(r.error(err.message))
             return True
         if line.startswith("//"):
@@ -192,8 +248,7 @@ class ChatUI:
             if msgs:
                 self.show(r.info(f"last messages in #{joined.room}:"))
                 for ev in msgs:
-                    self._day(ev.ts)
-                    self.show(r.event_line(ev, me=self.client.nick, current=self.current))
+                    self.show_event(ev)
         if joined.topic:
             self.show(r.info(f"topic of #{joined.room}: {joined.topic}"))
         people = ", ".join(sorted(joined.members, key=str.lower))
@@ -212,142 +267,6 @@ class ChatUI:
         for room in self.members.values():
             found |= room
         return found
-
-
-async def _help(ui: ChatUI, rest: str) -> bool:
-    await ui.refresh_bot_commands()
-    ui.show(r.help_table(ui.bot_commands))
-    return True
-
-
-async def _join(ui: ChatUI, rest: str) -> bool:
-    if not rest:
-        ui.show(r.error("usage: /join ROOM"))
-        return True
-    await ui.join(rest.split()[0])
-    return True
-
-
-async def _part(ui: ChatUI, rest: str) -> bool:
-    words = rest.split(maxsplit=1)
-    if words and (words[0].startswith("#") or normalize_room(words[0]) in ui.client.rooms):
-        room, reason = normalize_room(words[0]), (words[1] if len(words) > 1 else None)
-    else:
-        room, reason = ui.current, rest or None
-    if room is None:
-        ui.show(r.error("you are in no room"))
-        return True
-    await ui.client.part(room, reason)
-    ui.members.pop(room, None)
-    ui.show(r.info(f"you left #{room}"))
-    if ui.current == room:
-        ui.current = ui.client.rooms[-1] if ui.client.rooms else None
-        if ui.current:
-            ui.show(r.info(f"now talking in #{ui.current}"))
-    return True
-
-
-async def _rooms(ui: ChatUI, rest: str) -> bool:
-    reply = await ui.client.list_rooms()
-    ui.show(r.rooms_table(reply.rooms, ui.client.rooms))
-    return True
-
-
-async def _who(ui: ChatUI, rest: str) -> bool:
-    room = normalize_room(rest) if rest else ui.current
-    reply = await ui.client.who(room)
-    ui.show(r.who_table(f"#{room}" if room else "online", reply.users))
-    if reply.more:
-        ui.show(r.info(f"and more than the {len(reply.users)} shown"))
-    return True
-
-
-async def _whosonline(ui: ChatUI, rest: str) -> bool:
-    reply = await ui.client.who(None)
-    count = f"{len(reply.users)}{'+' if reply.more else ''}"
-    ui.show(r.who_table(f"online: {count}", reply.users))
-    return True
-
-
-async def _pm(ui: ChatUI, rest: str) -> bool:
-    nick, _, text = rest.partition(" ")
-    if not nick or not text.strip():
-        ui.show(r.error("usage: /pm NICK TEXT"))
-        return True
-    ack = await ui.client.pm(nick, text)
-    ui.show(r.sent_pm_line(ack.to or nick, text.rstrip(), ack.ts))
-    return True
-
-
-async def _me(ui: ChatUI, rest: str) -> bool:
-    if not rest:
-        ui.show(r.error("usage: /me TEXT"))
-    else:
-        ui.send(rest, action=True)
-    return True
-
-
-async def _nick(ui: ChatUI, rest: str) -> bool:
-    if not rest:
-        ui.show(r.info(f"you are {ui.client.nick}"))
-        return True
-    reply = await ui.client.set_nick(rest.split()[0])
-    if not ui.client.rooms:
-        ui.show(r.info(f"you are now known as {reply.new}"))
-    return True
-
-
-async def _topic(ui: ChatUI, rest: str) -> bool:
-    if ui.current is None:
-        ui.show(r.error("you are in no room"))
-        return True
-    if not rest:
-        rooms = (await ui.client.list_rooms()).rooms
-        topic = next((x.topic for x in rooms if x.name == ui.current), "")
-        ui.show(r.info(f"topic of #{ui.current}: {topic or '(none)'}"))
-        return True
-    await ui.client.topic(ui.current, rest)
-    return True
-
-
-async def _history(ui: ChatUI, rest: str) -> bool:
-    if ui.current is None:
-        ui.show(r.error("you are in no room"))
-        return True
-    try:
-        n = int(rest) if rest else 20
-    except ValueError:
-        ui.show(r.error("usage: /history [N]"))
-        return True
-    events, _ = await ui.client.history(ui.current, limit=max(1, min(n, 500)))
-    ui.show(r.info(f"history of #{ui.current}:"))
-    for ev in events:
-        ui.show(r.event_line(ev, me=ui.client.nick, current=ui.current))
-    return True
-
-
-async def _quit(ui: ChatUI, rest: str) -> bool:
-    ui.quit_reason = rest or None  # type: ignore[attr-defined]
-    return False
-
-
-COMMANDS = {
-    "help": _help,
-    "join": _join,
-    "part": _part,
-    "leave": _part,
-    "rooms": _rooms,
-    "who": _who,
-    "whosonline": _whosonline,
-    "pm": _pm,
-    "msg": _pm,
-    "me": _me,
-    "nick": _nick,
-    "topic": _topic,
-    "history": _history,
-    "quit": _quit,
-    "exit": _quit,
-}
 
 
 # ------------------------------------------------------------------ running
@@ -370,18 +289,18 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     console = Console(highlight=False, force_terminal=interactive or None)
-    rooms = args.room or [DEFAULT_ROOM]
 
     async def body() -> int:
         check_endpoint(args.connect)
+        rooms = [valid_room(room) for room in args.room or [DEFAULT_ROOM]]
         try:
             curve = curve_keys(args.server_key)
         except ValueError as err:
             raise InvalidInput("bad_key", str(err)) from None
         return await _run(args, rooms, curve, console, interactive)
 
-    # Failures before the chat starts are one line on stderr, with the
-    # exit status every zchat program uses.
+    # Failures before the chat starts are one line on stderr, with the exit
+    # status every zchat program uses; SIGTERM and SIGHUP say goodbye.
     return run_program("zchat", body)
 
 
@@ -412,7 +331,7 @@ async def _connect(args: Any, curve: Any, console: Console, interactive: bool) -
                 continue
         client = Client(args.connect, nick, rooms=[], curve=curve, client_name="zchat-tui/0.1")
         try:
-            await client.start()
+            await client.start(timeout=args.timeout)
         except ZchatError as err:
             if err.code not in NICK_ERRORS:
                 raise  # one line on stderr, by run_program
@@ -421,7 +340,12 @@ async def _connect(args: Any, curve: Any, console: Console, interactive: bool) -
             console.print(r.info("Pick another nick."))
             continue
         if curve is not None:
-            console.print(r.info(f"encrypted; broker key {fingerprint(curve.server_public)}"))
+            console.print(
+                r.info(
+                    f"encrypted; broker key {fingerprint(curve.server_public)}, "
+                    f"yours {fingerprint(curve.public)}"
+                )
+            )
         return client
 
 
@@ -431,22 +355,21 @@ async def _run(
     client = await _connect(args, curve, console, interactive)
     if client is None:
         return 0  # no nick given: nothing was asked of the broker
-    ui = ChatUI(client, console)
+    ui = ChatUI(client, console, wrap=interactive)
     ui.show(r.info(f"connected to {args.connect} as {client.nick}; /help lists the commands"))
     pump = asyncio.ensure_future(ui.pump())
     try:
         for room in rooms:
             try:
                 await ui.join(room)
-            except (ZchatError, ProtocolError) as err:
+            except ZchatError as err:
                 ui.show(r.error(f"cannot join {room}: {err.message}"))
         if interactive:
             await _interactive(ui)
         else:
             await _plain(ui)
     finally:
-        reason = getattr(ui, "quit_reason", None)
-        await client.close(reason)
+        await client.close(ui.quit_reason)
         pump.cancel()
         with contextlib.suppress(BaseException):
             await pump
@@ -462,6 +385,15 @@ async def _plain(ui: ChatUI) -> None:
             return
 
 
+def private_file(path: Path) -> Path:
+    """``path``, made if needed, readable by its owner only: what a person
+    typed holds private messages."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
+    return path
+
+
 async def _interactive(ui: ChatUI) -> None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.history import FileHistory
@@ -469,10 +401,8 @@ async def _interactive(ui: ChatUI) -> None:
 
     from ._tui_complete import ChatCompleter
 
-    directory = data_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     session: PromptSession[str] = PromptSession(
-        history=FileHistory(str(directory / "input-history")),
+        history=FileHistory(str(private_file(data_dir() / "input-history"))),
         completer=ChatCompleter(ui),
         complete_while_typing=False,
         erase_when_done=True,

