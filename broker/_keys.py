@@ -10,14 +10,21 @@ every frame carries its sender's key as the ``User-Id`` property.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from messages import key_fingerprint
+
+log = logging.getLogger("zchat.broker")
 
 
 def keygen(directory: str | Path, name: str = "broker") -> tuple[Path, Path]:
@@ -58,7 +65,10 @@ def keygen_main(argv: Sequence[str]) -> int:
         print(f"zchat-broker keygen: {err}", file=sys.stderr)
         return 1
     key, _ = zmq.auth.load_certificate(str(public))
-    print(f"public key {key.decode()}\n  written to {public}\nsecret key written to {secret}")
+    print(
+        f"public key {key.decode()}\n  fingerprint {key_fingerprint(key)}\n"
+        f"  written to {public}\nsecret key written to {secret}"
+    )
     return 0
 
 
@@ -74,12 +84,39 @@ def load_secret(path: str) -> tuple[bytes, bytes]:
     return public, secret
 
 
+class _Authenticator(ThreadAuthenticator):
+    """pyzmq's authenticator, telling the broker's log which keys it refuses
+    (a client refused at the handshake sees only a failed connection): at
+    most a line a minute, with how many were refused meanwhile."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        super().__init__(ctx)
+        self.refused = 0
+        self._reported = 0
+        self._next_report = 0.0
+
+    async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+        allowed, reason = await super()._authenticate_curve(domain, client_key)
+        if not allowed:
+            self.refused += 1
+            now = time.monotonic()
+            if now >= self._next_report:
+                self._next_report = now + 60.0
+                log.warning(
+                    "refused a client key not in the allow-list: fingerprint %s "
+                    "(%d refused in all)",
+                    key_fingerprint(z85.encode(client_key)),
+                    self.refused,
+                )
+        return allowed, reason
+
+
 class Guard:
     """The authenticator of one broker, and the allow-list it enforces."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], allow_keys: str | None) -> None:
         self.allow_keys = allow_keys
-        self.auth = ThreadAuthenticator(ctx)
+        self.auth = _Authenticator(ctx)
         self.auth.start()
         self.reload()
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import zmq
 
-from messages import NOTICE_TOPIC, Code, Hello, ProtocolError, Say, decode_request
+from messages import NOTICE_TOPIC, Code, Hello, ProtocolError, Say, decode_request, key_fingerprint
 
 from ._config import Config, address_key
 from ._conns import Connections
@@ -493,7 +493,7 @@ class Server:
             elif signum == signal.SIGHUP and self.guard is not None:
                 try:
                     n = self.guard.reload()
-                    log.info("SIGHUP: allow-list re-read, %d keys", n)
+                    log.info("SIGHUP: allow-list re-read, %d key%s", n, "" if n == 1 else "s")
                 except ValueError as err:
                     log.error("SIGHUP: %s; keeping the old allow-list", err)
 
@@ -529,7 +529,12 @@ class Server:
         )
         if self.config.curve:
             allowed = "every client key" if o.allow_keys is None else f"the keys in {o.allow_keys}"
-            log.info("CURVE on: server key %s; admitting %s", self.public_key, allowed)
+            log.info(
+                "CURVE on: server key %s (fingerprint %s); admitting %s",
+                self.public_key,
+                key_fingerprint(self.public_key),
+                allowed,
+            )
         else:
             for ep in (self.bind_endpoint, self.pub_endpoint):
                 if not is_loopback(ep):

@@ -91,6 +91,7 @@ from messages import (
     decode_event,
     decode_reply,
     encode,
+    key_fingerprint,
     normalize_room,
     room_topic,
 )
@@ -155,20 +156,27 @@ def _expect(reply: Any, kind: type[R]) -> R:
     return reply
 
 
-def handshake_failure(event: int, value: int, *, curve: bool) -> str:
+def handshake_failure(event: int, value: int, *, curve: CurveKeys | None) -> str:
     """What a failed handshake (a socket monitor event) means, for people."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        mine = f" (fingerprint {key_fingerprint(curve.public)})" if curve is not None else ""
         return (
-            f"the broker refused this client's key (status {value}): it admits only "
-            "the keys in its --allow-keys folder"
+            f"the broker refused this client's key{mine}: it admits only the keys "
+            "in its --allow-keys folder"
         )
-    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-        if curve:
+    mismatch = value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+    if curve is not None:
+        if mismatch:
             return "the broker does not encrypt: leave --server-key out"
+        return (
+            "the encrypted handshake failed: is --server-key the broker's public key, "
+            "and does the broker encrypt?"
+        )
+    if mismatch:
         return "the broker encrypts (CURVE): give its public key with --server-key"
-    if curve:
-        return "the encrypted handshake failed: is --server-key the broker's public key?"
-    return "the handshake with the broker failed"
+    # Which side saw the mismatch first decides whether it is named: the
+    # broker may just close the connection.
+    return "the handshake failed: if the broker encrypts (CURVE), give its public key with --server-key"
 
 
 # ---------------------------------------------------- connection state items
@@ -431,9 +439,7 @@ class Client:
         reported = ""
         while True:
             ev = parse_monitor_message(await monitor.recv_multipart())
-            why = handshake_failure(
-                int(ev["event"]), int(ev["value"]), curve=self.curve is not None
-            )
+            why = handshake_failure(int(ev["event"]), int(ev["value"]), curve=self.curve)
             if self._refused is not None and not self._refused.done() and self.welcome is None:
                 self._refused.set_result(ConnectRefused(why))
             elif why != reported:

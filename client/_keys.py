@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import zmq
 import zmq.auth
+
+from messages import key_fingerprint
 
 from ._client import CurveKeys
 
@@ -65,6 +66,6 @@ def curve_keys(server_key: str | None, *, key_dir: Path | None = None) -> CurveK
 
 
 def fingerprint(public_key: bytes) -> str:
-    """A short, readable digest of a public key, for people to compare."""
-    digest = hashlib.sha256(public_key).hexdigest()[:32]
-    return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
+    """A short, readable digest of a public key, for people to compare; the
+    broker and ``zchat-broker keygen`` show the same."""
+    return key_fingerprint(public_key)

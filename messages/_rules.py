@@ -6,6 +6,7 @@ the broker answers a bad field with the same words wherever it appears.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from datetime import datetime, timezone
@@ -63,6 +64,15 @@ def nick_skeleton(nick: str) -> str:
     for many, one in _CONFUSABLE_PAIRS:
         folded = folded.replace(many, one)
     return folded
+
+
+def key_fingerprint(public_key: bytes | str) -> str:
+    """A CURVE public key (Z85) as people compare it: the first 128 bits of
+    its SHA-256, in eight groups of four hex digits. The same on every side:
+    ``zchat-broker keygen``, the broker's log and the clients."""
+    z85 = public_key.encode() if isinstance(public_key, str) else bytes(public_key)
+    digest = hashlib.sha256(z85).hexdigest()[:32]
+    return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
 
 
 def is_nick(nick: object) -> bool:

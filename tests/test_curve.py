@@ -392,3 +392,54 @@ def test_a_curve_client_comes_back_after_a_restart(
             assert texts == ["before", "after"]
 
     run(body(), 60)
+
+
+def test_each_handshake_failure_says_what_it_is(
+    make_broker: Callable[..., Broker], keys: Path
+) -> None:
+    """Issue 13, point 4: a wrong server key, no key, or a key missing from
+    the allow-list all read "cannot reach the broker", and the broker said
+    nothing of the refused key. Each is told apart now, and fingerprints
+    read the same on both sides."""
+    from broker._keys import keygen
+    from client import ConnectRefused
+    from messages import key_fingerprint
+
+    allowed = keys / "allowed"
+    allowed.mkdir()
+    b = curve_broker(make_broker, keys, "--allow-keys", str(allowed))
+    plain = make_broker(store=":memory:")
+    keygen(keys / "other")
+    wrong = curve_keys(str(keys / "other" / "broker.key"), key_dir=keys / "m")
+    mallory = client_keys(keys, "m")
+
+    async def refusal(endpoint: str, curve: Any) -> str:
+        c = Client(endpoint, "someone", curve=curve)
+        try:
+            await c.start(timeout=5)
+        except ConnectRefused as err:
+            return err.message
+        await c.close()
+        return "connected"
+
+    not_allowed = run(refusal(b.endpoint, mallory))
+    assert "refused this client's key" in not_allowed and "--allow-keys" in not_allowed
+    mine = key_fingerprint(mallory.public)
+    assert mine in not_allowed
+    wait_until(lambda: f"fingerprint {mine}" in b.log_text(), what="the refused key in the log")
+    assert "refused a client key" in b.log_text()
+    assert "--server-key the broker's public key" in run(refusal(b.endpoint, wrong))
+    assert "give its public key with --server-key" in run(refusal(b.endpoint, None))
+    assert "encrypt" in run(refusal(plain.endpoint, mallory))
+    # The broker's own fingerprint, as keygen and the client show it.
+    server = (keys / "server" / "broker.key").read_bytes()
+    public = zmq.auth.load_certificate(str(keys / "server" / "broker.key"))[0]
+    assert f"(fingerprint {key_fingerprint(public)})" in b.log_text() and server
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "keygen", str(keys / "third")],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    ).stdout
+    third = zmq.auth.load_certificate(str(keys / "third" / "broker.key"))[0]
+    assert f"fingerprint {key_fingerprint(third)}" in out
