@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean venv
+.PHONY: run test bench lint clean venv install
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "zchat needs Python 3.10 or newer")'
@@ -27,6 +27,13 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check broker client messages tests
 	$(BIN)/ruff format --check broker client messages tests
+	$(BIN)/mypy broker client messages
+
+# zchat and zchat-broker on PATH without activating the venv.
+install: $(STAMP)
+	mkdir -p $(HOME)/.local/bin
+	ln -sf $(CURDIR)/$(BIN)/zchat $(CURDIR)/$(BIN)/zchat-broker $(HOME)/.local/bin/
+	@echo "zchat and zchat-broker are in ~/.local/bin (is it on your PATH?)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

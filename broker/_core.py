@@ -296,7 +296,10 @@ class Core:
         self._page = max(1024, config.max_reply_bytes - ENVELOPE_BYTES)
         self._limited = config.limited
         self._encode = BufferedEncoder().encode  # the broker's loop is one thread
-        self._welcome_tail = dict(
+        # What every welcome says; each gets its own id, nick and token.
+        self._welcome_tail = Welcome(
+            nick="",
+            token="",
             server=ServerInfo(
                 name=config.name, version=VERSION, epoch=self.epoch, store=store.store_id
             ),
@@ -661,7 +664,7 @@ class Core:
         s.held_bytes = 0
 
     def _welcome(self, s: Session, rid: str | None) -> Welcome:
-        return Welcome(id=rid, nick=s.nick, token=s.token, **self._welcome_tail)
+        return msgspec.structs.replace(self._welcome_tail, id=rid, nick=s.nick, token=s.token)
 
     def _again(self, s: Session, req: Hello, now: float, out: Outbox) -> None:
         if nick_key(req.nick) != s.key:

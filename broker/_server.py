@@ -178,8 +178,8 @@ class Server:
         self.pub.setsockopt(zmq.RCVHWM, 1000)
         self.router.bind(o.bind)
         self.pub.bind(o.publish)
-        self.bind_endpoint = self.router.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.pub_endpoint = self.pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.bind_endpoint = self.router.get_string(zmq.LAST_ENDPOINT)
+        self.pub_endpoint = self.pub.get_string(zmq.LAST_ENDPOINT)
 
     def _session_active(self, ident: bytes, since: float) -> bool:
         s = self.core.sessions.get(ident)
@@ -308,10 +308,11 @@ class Server:
                 # connection bounds) and, for a hello, the client's address.
                 seen(ident, body)
             try:
+                key = str(body.get("User-Id")) if curve else None
                 if kind is Hello:
-                    handle(ident, req, body.get("User-Id") if curve else None, _peer_address(body))
+                    handle(ident, req, key, _peer_address(body))
                 else:
-                    handle(ident, req, body.get("User-Id") if curve else None)
+                    handle(ident, req, key)
             except Exception:
                 self._internal_error(ident, req, out)
 
@@ -334,7 +335,7 @@ class Server:
         pub = self.pub
         check = self.conns.subscription
         setsockopt = pub.setsockopt
-        while pub.getsockopt(zmq.EVENTS) & _POLLIN:
+        while int(pub.get(zmq.EVENTS)) & _POLLIN:
             frame = pub.recv(_NOBLOCK, copy=False)
             if check(frame):
                 data = frame.bytes

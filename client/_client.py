@@ -34,7 +34,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
@@ -333,17 +333,18 @@ class Client:
         self._refused = asyncio.get_running_loop().create_future()
         self._new_dealer()
         self._spawn(self._heartbeat())
-        hello = asyncio.ensure_future(self._hello())
+        hello: asyncio.Future[Any] = asyncio.ensure_future(self._hello())
+        refused: asyncio.Future[Any] = self._refused
         try:
             done, _ = await asyncio.wait(
-                {hello, self._refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                [hello, refused], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if hello not in done:
                 hello.cancel()
                 if self._refused.done():
                     raise self._refused.result()
                 raise ConnectTimeout(f"no answer from {self.endpoint} within {timeout:g} s")
-            welcome = hello.result()
+            welcome: Welcome = hello.result()
         except BaseException:
             hello.cancel()
             await self.close(quiet=True)
@@ -464,8 +465,8 @@ class Client:
             return f"{transport}://{our_host}:{port}"
         return advertised
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -488,7 +489,7 @@ class Client:
         dealer = self._dealer
         if dealer is None:
             return False
-        fut = dealer.send(encode(msg), zmq.NOBLOCK)
+        fut: asyncio.Future[Any] = dealer.send(encode(msg), zmq.NOBLOCK)  # type: ignore[assignment]
         if not fut.done():
             return True
         err = fut.exception()
@@ -521,7 +522,7 @@ class Client:
             try:
                 if dealer is not None:
                     # Bounded, so a socket replaced by a reconnect is noticed.
-                    await dealer.poll(100, zmq.POLLOUT)
+                    await dealer.poll(100, zmq.POLLOUT)  # type: ignore[call-arg]
                 else:
                     await asyncio.sleep(0.1)
             except zmq.ZMQError:
@@ -560,7 +561,7 @@ class Client:
         if self.closed:
             raise ClientClosed()
         rid = self._rid()
-        msg = msgspec.structs.replace(msg, id=rid)  # type: ignore[type-var]
+        msg = msgspec.structs.replace(msg, id=rid)
         loop = asyncio.get_running_loop()
         while True:
             fut: asyncio.Future[Any] = loop.create_future()
@@ -599,14 +600,14 @@ class Client:
             RequestRefused: the broker refused it (``not_in_room``, ...).
         """
         text = self._text(text)
-        reply = await self.request(Say(room=normalize_room(room), text=text, action=action or None))
-        reply = _expect(reply, Ack)
+        raw = await self.request(Say(room=normalize_room(room), text=text, action=action or None))
+        reply = _expect(raw, Ack)
         return reply
 
     async def pm(self, nick: str, text: str) -> Ack:
         """Send a private message to ``nick``."""
-        reply = await self.request(Pm(to=nick, text=self._text(text)))
-        reply = _expect(reply, Ack)
+        raw = await self.request(Pm(to=nick, text=self._text(text)))
+        reply = _expect(raw, Ack)
         return reply
 
     async def join(self, room: str) -> Joined:
@@ -617,8 +618,7 @@ class Client:
             self._seq.track(name)
             assert self._sub is not None
             self._sub.subscribe(room_topic(name))
-        reply = await self.request(Join(room=name))
-        reply = _expect(reply, Joined)
+        reply = _expect(await self.request(Join(room=name)), Joined)
         if name in self._rooms:
             self._rooms[name] = True
             self._apply(self._seq.joined(name, reply.seq, own_event=not self.quiet))
@@ -626,8 +626,7 @@ class Client:
 
     async def part(self, room: str, reason: str | None = None) -> Parted:
         name = normalize_room(room)
-        reply = await self.request(Part(room=name, reason=reason))
-        reply = _expect(reply, Parted)
+        reply = _expect(await self.request(Part(room=name, reason=reason)), Parted)
         if self._rooms.pop(name, None) is not None and self._sub is not None:
             self._sub.unsubscribe(room_topic(name))
         self._seq.forget(name)
@@ -643,26 +642,24 @@ class Client:
         users: list[Any] = []
         after = None
         for _ in range(pages):
-            reply = await self.request(Who(room=name, after=after))
-            reply = _expect(reply, WhoReply)
+            reply = _expect(await self.request(Who(room=name, after=after)), WhoReply)
             users += reply.users
             if not reply.more or not reply.users:
-                return msgspec.structs.replace(reply, users=users, more=False)
+                return WhoReply(id=reply.id, room=reply.room, users=users, more=False)
             after = reply.users[-1].nick.lower()
-        return msgspec.structs.replace(reply, users=users, more=True)
+        return WhoReply(id=reply.id, room=reply.room, users=users, more=True)
 
     async def list_rooms(self, *, pages: int = 5) -> RoomsReply:
         """The rooms with people in them, up to ``pages`` of the broker's pages."""
         rooms: list[Any] = []
         after = None
         for _ in range(pages):
-            reply = await self.request(Rooms(after=after))
-            reply = _expect(reply, RoomsReply)
+            reply = _expect(await self.request(Rooms(after=after)), RoomsReply)
             rooms += reply.rooms
             if not reply.more or not reply.rooms:
-                return msgspec.structs.replace(reply, rooms=rooms, more=False)
+                return RoomsReply(id=reply.id, rooms=rooms, more=False)
             after = reply.rooms[-1].name
-        return msgspec.structs.replace(reply, rooms=rooms, more=True)
+        return RoomsReply(id=reply.id, rooms=rooms, more=True)
 
     async def history(
         self,
@@ -673,29 +670,27 @@ class Client:
         limit: int | None = None,
     ) -> tuple[list[RoomEvent], bool]:
         """Events of ``room`` from the store, oldest first, and whether more exist."""
-        reply = await self.request(
+        raw = await self.request(
             History(room=normalize_room(room), after=after, before=before, limit=limit)
         )
-        reply = _expect(reply, HistoryReply)
+        reply = _expect(raw, HistoryReply)
         return [decode_event(bytes(e)) for e in reply.events], reply.more  # type: ignore[misc]
 
     async def set_nick(self, nick: str) -> NickReply:
-        reply = await self.request(Nick(nick=nick))
-        reply = _expect(reply, NickReply)
+        reply = _expect(await self.request(Nick(nick=nick)), NickReply)
         self.nick = reply.new
         return reply
 
     async def topic(self, room: str, topic: str) -> Ack:
-        reply = await self.request(Topic(room=normalize_room(room), topic=topic))
-        reply = _expect(reply, Ack)
+        raw = await self.request(Topic(room=normalize_room(room), topic=topic))
+        reply = _expect(raw, Ack)
         return reply
 
     async def offer_commands(self, commands: Iterable[CommandSpec]) -> int:
         """Announce the commands this client (a bot) answers; offered again
         by itself after a reconnect."""
         self._offer = list(commands)
-        reply = await self.request(Offer(commands=self._offer))
-        reply = _expect(reply, Offered)
+        reply = _expect(await self.request(Offer(commands=self._offer)), Offered)
         return reply.count
 
     async def commands(self, room: str | None = None, *, pages: int = 5) -> list[CommandInfo]:
@@ -705,8 +700,7 @@ class Client:
         found: list[CommandInfo] = []
         after = None
         for _ in range(pages):
-            reply = await self.request(Commands(room=name, after=after))
-            reply = _expect(reply, CommandsReply)
+            reply = _expect(await self.request(Commands(room=name, after=after)), CommandsReply)
             found += reply.commands
             if not reply.more or not reply.commands:
                 break
@@ -977,9 +971,9 @@ class Client:
         dealer = self._dealer
         assert dealer is not None
         # IMMEDIATE: nothing can be sent before the connection is up.
-        while not await dealer.poll(1000, zmq.POLLOUT):
+        while not await dealer.poll(1000, zmq.POLLOUT):  # type: ignore[call-arg]
             pass
-        reply = await self._ask(
+        raw = await self._ask(
             Hello(
                 nick=self.nick,
                 token=self.token,
@@ -987,9 +981,9 @@ class Client:
                 quiet=True if self.quiet else None,
             )
         )
-        if isinstance(reply, Error):
-            raise RequestRefused(reply.code, reply.message, retry_ms=reply.retry_ms)
-        reply = _expect(reply, Welcome)
+        if isinstance(raw, Error):
+            raise RequestRefused(raw.code, raw.message, retry_ms=raw.retry_ms)
+        reply = _expect(raw, Welcome)
         self.welcome = reply
         self.nick = reply.nick
         self.token = reply.token

@@ -144,9 +144,10 @@ def decode_reply(frame: bytes) -> Reply:
         ProtocolError: the frame is not a message of the contract.
     """
     try:
-        return _reply_decoder.decode(frame)
+        reply: Reply = _reply_decoder.decode(frame)
     except (ValueError, RecursionError) as err:
         raise ProtocolError(Code.BAD_REQUEST, f"bad reply frame: {err}") from None
+    return reply
 
 
 def decode_event(body: bytes) -> Event:
@@ -156,9 +157,10 @@ def decode_event(body: bytes) -> Event:
         ProtocolError: the frame is not an event of the contract.
     """
     try:
-        return _event_decoder.decode(body)
+        event: Event = _event_decoder.decode(body)
     except (ValueError, RecursionError) as err:
         raise ProtocolError(Code.BAD_REQUEST, f"bad event frame: {err}") from None
+    return event
 
 
 def to_builtins(msg: msgspec.Struct) -> Any:

@@ -14,7 +14,7 @@ default, so they are always written.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union
 
 import msgspec
 
@@ -42,7 +42,7 @@ class _Msg(
 # --------------------------------------------------------------- requests
 
 
-class _Request(_Msg):
+class _Request(_Msg, frozen=True):
     id: ReqId | None = None
     # Whether the request needs a session (everything but hello and ping).
     needs_session: ClassVar[bool] = True
@@ -52,7 +52,7 @@ class _Request(_Msg):
         return self
 
 
-class Hello(_Request, tag="hello", kw_only=True):
+class Hello(_Request, tag="hello", kw_only=True, frozen=True):
     nick: str
     token: str | None = None
     client: Any = None
@@ -66,7 +66,7 @@ class Hello(_Request, tag="hello", kw_only=True):
         return self
 
 
-class Join(_Request, tag="join", kw_only=True):
+class Join(_Request, tag="join", kw_only=True, frozen=True):
     room: str
 
     def checked(self, max_text: int = TEXT_MAX) -> Join:
@@ -74,7 +74,7 @@ class Join(_Request, tag="join", kw_only=True):
         return self
 
 
-class Part(_Request, tag="part", kw_only=True):
+class Part(_Request, tag="part", kw_only=True, frozen=True):
     room: str
     reason: str | None = None
 
@@ -83,7 +83,7 @@ class Part(_Request, tag="part", kw_only=True):
         return _with_reason(self)
 
 
-class Say(_Request, tag="say", kw_only=True):
+class Say(_Request, tag="say", kw_only=True, frozen=True):
     room: str
     text: str
     action: bool | None = None
@@ -104,7 +104,7 @@ class Say(_Request, tag="say", kw_only=True):
         return self if text == self.text else msgspec.structs.replace(self, text=text)
 
 
-class Pm(_Request, tag="pm", kw_only=True):
+class Pm(_Request, tag="pm", kw_only=True, frozen=True):
     to: str
     text: str
 
@@ -121,7 +121,7 @@ class Pm(_Request, tag="pm", kw_only=True):
 Cursor = Annotated[str, msgspec.Meta(max_length=100)]
 
 
-class Who(_Request, tag="who", kw_only=True):
+class Who(_Request, tag="who", kw_only=True, frozen=True):
     room: str | None = None
     after: Cursor | None = None
 
@@ -131,11 +131,11 @@ class Who(_Request, tag="who", kw_only=True):
         return self
 
 
-class Rooms(_Request, tag="rooms", kw_only=True):
+class Rooms(_Request, tag="rooms", kw_only=True, frozen=True):
     after: Cursor | None = None
 
 
-class History(_Request, tag="history", kw_only=True):
+class History(_Request, tag="history", kw_only=True, frozen=True):
     room: str
     after: Seq | None = None
     before: Seq | None = None
@@ -150,7 +150,7 @@ class History(_Request, tag="history", kw_only=True):
         return min(self.limit or HISTORY_DEFAULT, HISTORY_MAX)
 
 
-class Nick(_Request, tag="nick", kw_only=True):
+class Nick(_Request, tag="nick", kw_only=True, frozen=True):
     nick: str
 
     def checked(self, max_text: int = TEXT_MAX) -> Nick:
@@ -158,7 +158,7 @@ class Nick(_Request, tag="nick", kw_only=True):
         return self
 
 
-class Topic(_Request, tag="topic", kw_only=True):
+class Topic(_Request, tag="topic", kw_only=True, frozen=True):
     room: str
     topic: str
 
@@ -168,11 +168,11 @@ class Topic(_Request, tag="topic", kw_only=True):
         return self if topic == self.topic else msgspec.structs.replace(self, topic=topic)
 
 
-class Ping(_Request, tag="ping", kw_only=True):
+class Ping(_Request, tag="ping", kw_only=True, frozen=True):
     needs_session: ClassVar[bool] = False
 
 
-class Bye(_Request, tag="bye", kw_only=True):
+class Bye(_Request, tag="bye", kw_only=True, frozen=True):
     reason: str | None = None
 
     def checked(self, max_text: int = TEXT_MAX) -> Bye:
@@ -182,7 +182,10 @@ class Bye(_Request, tag="bye", kw_only=True):
 REASON_MAX = 300
 
 
-def _with_reason(req: Any) -> Any:
+_R = TypeVar("_R", "Part", "Bye")
+
+
+def _with_reason(req: _R) -> _R:
     """``req`` with its free-text ``reason`` checked like a text (no control
     character, at most REASON_MAX characters); an empty one is no reason."""
     if req.reason is None:
@@ -200,7 +203,7 @@ class CommandSpec(msgspec.Struct, frozen=True, kw_only=True):
     help: Annotated[str, msgspec.Meta(max_length=200)] = ""
 
 
-class Offer(_Request, tag="offer", kw_only=True):
+class Offer(_Request, tag="offer", kw_only=True, frozen=True):
     """Addition: a bot announces its commands (replacing an earlier offer)."""
 
     commands: Annotated[list[CommandSpec], msgspec.Meta(max_length=50)]
@@ -212,7 +215,7 @@ class Offer(_Request, tag="offer", kw_only=True):
         return self
 
 
-class Commands(_Request, tag="commands", kw_only=True):
+class Commands(_Request, tag="commands", kw_only=True, frozen=True):
     """Addition: which commands the members of a room (or everyone) offer."""
 
     room: str | None = None
@@ -248,11 +251,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     burst: int
 
 
-class _Reply(_Msg):
+class _Reply(_Msg, frozen=True):
     id: str | None = None
 
 
-class Welcome(_Reply, tag="welcome", kw_only=True):
+class Welcome(_Reply, tag="welcome", kw_only=True, frozen=True):
     nick: str
     token: str
     server: ServerInfo
@@ -262,7 +265,7 @@ class Welcome(_Reply, tag="welcome", kw_only=True):
     limits: Limits
 
 
-class Joined(_Reply, tag="joined", kw_only=True):
+class Joined(_Reply, tag="joined", kw_only=True, frozen=True):
     room: str
     topic: str
     members: list[str]
@@ -272,11 +275,11 @@ class Joined(_Reply, tag="joined", kw_only=True):
     member_count: int | None = None
 
 
-class Parted(_Reply, tag="parted", kw_only=True):
+class Parted(_Reply, tag="parted", kw_only=True, frozen=True):
     room: str
 
 
-class Ack(_Reply, tag="ack", kw_only=True):
+class Ack(_Reply, tag="ack", kw_only=True, frozen=True):
     """Acknowledges ``say`` and ``topic`` (``room``, ``seq``) or ``pm`` (``to``)."""
 
     ts: str
@@ -292,7 +295,7 @@ class WhoUser(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     quiet: bool = False
 
 
-class WhoReply(_Reply, tag="who", kw_only=True):
+class WhoReply(_Reply, tag="who", kw_only=True, frozen=True):
     room: str | None
     users: list[WhoUser]
     more: bool = False
@@ -306,12 +309,12 @@ class RoomInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     member_count: int | None = None
 
 
-class RoomsReply(_Reply, tag="rooms", kw_only=True):
+class RoomsReply(_Reply, tag="rooms", kw_only=True, frozen=True):
     rooms: list[RoomInfo]
     more: bool = False
 
 
-class HistoryReply(_Reply, tag="history", kw_only=True):
+class HistoryReply(_Reply, tag="history", kw_only=True, frozen=True):
     """``events`` are the stored event frames, spliced in without re-encoding."""
 
     room: str
@@ -323,28 +326,28 @@ class HistoryReply(_Reply, tag="history", kw_only=True):
     first: int | None = None
 
 
-class NickReply(_Reply, tag="nick", kw_only=True):
+class NickReply(_Reply, tag="nick", kw_only=True, frozen=True):
     old: str
     new: str
 
 
-class Pong(_Reply, tag="pong", kw_only=True):
+class Pong(_Reply, tag="pong", kw_only=True, frozen=True):
     epoch: str
     ts: str
     seqs: dict[str, int]
 
 
-class ByeReply(_Reply, tag="bye", kw_only=True):
+class ByeReply(_Reply, tag="bye", kw_only=True, frozen=True):
     pass
 
 
-class Error(_Reply, tag="error", kw_only=True):
+class Error(_Reply, tag="error", kw_only=True, frozen=True):
     code: str
     message: str
     retry_ms: int | None = None
 
 
-class Offered(_Reply, tag="offered", kw_only=True):
+class Offered(_Reply, tag="offered", kw_only=True, frozen=True):
     count: int
 
 
@@ -355,20 +358,20 @@ class CommandInfo(msgspec.Struct, frozen=True, kw_only=True):
     help: str
 
 
-class CommandsReply(_Reply, tag="commands", kw_only=True):
+class CommandsReply(_Reply, tag="commands", kw_only=True, frozen=True):
     room: str | None
     commands: list[CommandInfo]
     more: bool = False
 
 
-class PmPush(_Msg, tag="pm", kw_only=True):
+class PmPush(_Msg, tag="pm", kw_only=True, frozen=True):
     from_: str = msgspec.field(name="from")
     to: str
     text: str
     ts: str
 
 
-class Notice(_Msg, tag="notice", kw_only=True):
+class Notice(_Msg, tag="notice", kw_only=True, frozen=True):
     """A notice to one client (pushed) or to everyone (on the ``*`` topic)."""
 
     text: str
@@ -395,24 +398,24 @@ Reply = Union[
 # ----------------------------------------------------------------- events
 
 
-class _Event(_Msg, gc=False):
+class _Event(_Msg, gc=False, frozen=True):
     room: str
     seq: int
     ts: str
 
 
-class MsgEvent(_Event, tag="msg", kw_only=True):
+class MsgEvent(_Event, tag="msg", kw_only=True, frozen=True):
     from_: str = msgspec.field(name="from")
     text: str
     action: bool | None = None
     id: str | None = None
 
 
-class JoinEvent(_Event, tag="join", kw_only=True):
+class JoinEvent(_Event, tag="join", kw_only=True, frozen=True):
     nick: str
 
 
-class LeaveEvent(_Event, tag="leave", kw_only=True):
+class LeaveEvent(_Event, tag="leave", kw_only=True, frozen=True):
     nick: str
     reason: str
     # Addition: what the leaver typed (``/part #ops lunch break``, ``/quit
@@ -420,12 +423,12 @@ class LeaveEvent(_Event, tag="leave", kw_only=True):
     text: str | None = None
 
 
-class NickEvent(_Event, tag="nick", kw_only=True):
+class NickEvent(_Event, tag="nick", kw_only=True, frozen=True):
     old: str
     new: str
 
 
-class TopicEvent(_Event, tag="topic", kw_only=True):
+class TopicEvent(_Event, tag="topic", kw_only=True, frozen=True):
     nick: str
     topic: str
 
