@@ -238,11 +238,17 @@ def error(text: str) -> Text:
 
 
 def who_table(title: str, users: Iterable[Any]) -> Table:
+    """People first, then the quiet sessions (scripts and readers), apart."""
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("nick")
     table.add_column("idle", justify="right")
-    for u in sorted(users, key=lambda u: u.nick.lower()):
-        table.add_row(Text(safe(u.nick), style=nick_color(u.nick)), idle(u.idle_ms))
+    ordered = sorted(users, key=lambda u: (bool(getattr(u, "quiet", False)), u.nick.lower()))
+    for u in ordered:
+        if getattr(u, "quiet", False):
+            name = Text.assemble((safe(u.nick), DIM), (" (script or reader)", DIM))
+        else:
+            name = Text(safe(u.nick), style=nick_color(u.nick))
+        table.add_row(name, idle(u.idle_ms))
     return table
 
 

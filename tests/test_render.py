@@ -117,6 +117,12 @@ def test_tables_and_date_line() -> None:
     for c in COMMANDS:
         assert c.usage in help_text and all(f"/{a}" in help_text for a in c.aliases)
     assert r.idle(3_723_000) == "1h02m"
+    quiet = plain(
+        r.who_table(
+            "#ops", [WhoUser(nick="tail-1", idle_ms=0, quiet=True), WhoUser(nick="zoe", idle_ms=0)]
+        )
+    )
+    assert quiet.index("zoe") < quiet.index("tail-1 (script or reader)")
 
 
 # ------------------------------------------ what a rogue broker or peer sends
