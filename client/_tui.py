@@ -83,6 +83,7 @@ class ChatUI:
         self._live = asyncio.Event()
         self._live.set()
         self._rejoin_until = 0.0
+        self._reconnecting = False
         self._rejoined: dict[str, list[str]] = {}
         self._nick_changes: dict[tuple[str, str], float] = {}
 
@@ -119,10 +120,12 @@ class ChatUI:
         """Show one item from the client, keeping nick lists up to date."""
         if isinstance(item, Disconnected):
             self.status = "reconnecting..."
+            self._reconnecting = True
             self.show(r.error(f"reconnecting... ({item.reason})"))
             return
         if isinstance(item, Reconnected):
             self.status = "connected"
+            self._reconnecting = False
             text = "reconnected"
             if item.restarted:
                 text += " (the broker restarted)"
@@ -131,6 +134,12 @@ class ChatUI:
             if item.recovered:
                 text += f"; recovered {item.recovered} missed messages"
             self.show(r.info(text))
+            if not item.restarted:
+                # Not the burst of a restart: the joins meanwhile were real.
+                for where, nicks in self._rejoined.items():
+                    for nick in nicks:
+                        self.show(r.info(f"{nick} joined #{where}"))
+                self._rejoined.clear()
             return
         if isinstance(item, Repaired):
             return
@@ -138,11 +147,13 @@ class ChatUI:
         room = getattr(item, "room", None)
         if isinstance(item, JoinEvent):
             self.members.setdefault(item.room, set()).add(item.nick)
-            if self._now() < self._rejoin_until:
+            if self._reconnecting or self._now() < self._rejoin_until:
+                # Our own rejoin is said by "reconnected"; others' are told
+                # together, once it is clear whether the broker restarted.
                 if item.nick != me:
                     self._rejoined.setdefault(item.room, []).append(item.nick)
                 return
-        elif room in self._rejoined:
+        elif room in self._rejoined and not self._reconnecting:
             self._flush_rejoins(room)  # told before what came after them
         if isinstance(item, LeaveEvent):
             self.members.get(item.room, set()).discard(item.nick)
