@@ -253,7 +253,8 @@ ATTACKS: list[tuple[str, Callable[[Broker, Any, Callable[[], bool]], str], tuple
     ("7 join/part loop", attack_join_part, ()),
     # The rate limits would hold these two back before their own bounds:
     # the senders here may go as fast as they can.
-    ("8 pms for the absent", attack_pms, ("--timeout-ms", "60000", *FAST)),
+    # A total of 16 MiB (not 64) for what is held, so that five seconds reach it.
+    ("8 pms for the absent", attack_pms, ("--timeout-ms", "60000", "--held-pm-mb", "16", *FAST)),
     ("9 a subscriber that never reads", attack_lazy_subscriber, ("--timeout-ms", "3000", *FAST)),
     ("10 10,000 connections", attack_connections, ("--max-connections", "500")),
 ]
