@@ -28,7 +28,8 @@ import pytest
 from client import Bot, BotState, Client, InvalidInput, RequestRefused, ZchatError
 from client._bot_cli import load
 from client.bot import Message, Presence, default_state_path
-from messages import Code, JoinEvent, LeaveEvent, MsgEvent
+from client.bots import dice
+from messages import Code, JoinEvent, LeaveEvent, MsgEvent, PmPush
 
 from .chaos import until
 from .helpers import ROOT, Broker, run
@@ -496,3 +497,48 @@ def test_zchat_bot_says_bye_on_sigterm_and_a_restart_gets_its_nick(
     text = log.read_text()
     assert "is taken" not in text and "Traceback" not in text, text
     assert stat.S_IMODE((tmp_path / "pinger.state.json").stat().st_mode) == 0o600
+
+
+# ------------------------------------------------------- shipped bots
+
+
+def test_dice_refusals_are_addressed_not_rolled() -> None:
+    """Issue 13, point 9: "alicia rolls sorry, I roll between 1 and 100 dice"."""
+    import random
+
+    rng = random.Random(3)
+    assert dice.answer("alicia", "1000d6", rng) == (
+        "alicia: sorry, I roll between 1 and 100 dice at a time"
+    )
+    assert dice.answer("alicia", "2x", rng).startswith("alicia: usage: !roll")
+    assert re.fullmatch(r"alicia rolls 2d6: \[\d, \d\] \+ 1 = \d+", dice.answer("alicia", "2D6+1"))
+    assert re.fullmatch(r"alicia rolls 1d6: \[\d\] = \d", dice.answer("alicia", "", rng))
+
+
+def test_lastlog_names_the_file_not_the_servers_folders(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, point 9: ``!lastlog`` printed the path on the bot's machine."""
+    logs = tmp_path / "secret-folder"
+    monkeypatch.setenv("ZCHAT_LOG_DIR", str(logs))
+    bot = load(str(ROOT / "client/bots/logger.py"))
+    bot.state_path = tmp_path / "logger.json"
+
+    async def body() -> tuple[str, str]:
+        async with Client(broker.endpoint, "human") as human, serving(bot, broker.endpoint):
+            await offered(human, "logger")
+            await human.say("general", "one")
+            await human.say("general", "!lastlog")
+            in_room = (await said(human, from_("logger"))).text
+            await human.pm("logger", "!lastlog")
+            private = (await said(human, lambda i: isinstance(i, PmPush))).text
+            return in_room, private
+
+    in_room, private = run(body(), 30)
+    lines = (logs / "general.log").read_bytes().count(b"\n")
+    assert lines >= 3  # the human's join, "one", "!lastlog" (and the bot's own lines)
+    match = re.fullmatch(r"#general is logged to general\.log, (\d+) lines so far", in_room)
+    assert match is not None, in_room
+    assert 3 <= int(match.group(1)) <= lines
+    assert str(tmp_path) not in in_room and "secret-folder" not in in_room
+    assert private == "ask in a room: I log the rooms I am in, #general"
