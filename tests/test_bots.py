@@ -28,7 +28,7 @@ import pytest
 from client import Bot, BotState, Client, InvalidInput, RequestRefused, ZchatError
 from client._bot_cli import load
 from client.bot import Message, Presence, default_state_path
-from client.bots import dice
+from client.bots import dice, remind
 from messages import Code, JoinEvent, LeaveEvent, MsgEvent, PmPush
 
 from .chaos import until
@@ -500,6 +500,70 @@ def test_zchat_bot_says_bye_on_sigterm_and_a_restart_gets_its_nick(
 
 
 # ------------------------------------------------------- shipped bots
+
+
+def test_remind_keeps_its_reminders_across_a_restart(broker: Broker, tmp_path: Path) -> None:
+    state = tmp_path / "remind.json"
+    log = tmp_path / "remind.log"
+    args = ("remind", "--connect", broker.endpoint, "--state", str(state))
+    is_join = lambda i: isinstance(i, JoinEvent) and i.nick == "remind"  # noqa: E731
+
+    async def body() -> None:
+        async with Client(broker.endpoint, "human") as human:
+            proc = zchat_bot(*args, log=log)
+            await said(human, is_join, 20)
+            await offered(human, "remind")
+            await human.say("general", "!remind 3s stretch")
+            ack = await said(human, from_("remind"))
+            assert ack.text == "human: in 3s, I will say: stretch (reminder 1)"
+            proc.terminate()
+            assert await asyncio.to_thread(proc.wait, 10) == 143
+            kept = json.loads(state.read_text())["data"]["reminders"]
+            assert [(r["nick"], r["room"], r["text"]) for r in kept.values()] == [
+                ("human", "general", "stretch")
+            ]
+            proc = zchat_bot(*args, log=log)
+            rejoined = await said(human, is_join, 20)
+            got = await said(human, from_("remind"), 20)
+            assert got.text == "human: stretch" and got.seq > rejoined.seq
+            await until(
+                lambda: json.loads(state.read_text())["data"]["reminders"] == {},
+                10,
+                "the said reminder to be dropped from the state",
+            )
+
+    run(body(), 60)
+
+
+def test_remind_lists_and_forgets(broker: Broker, tmp_path: Path) -> None:
+    bot = load(str(ROOT / "client/bots/remind.py"))  # a fresh copy of the module
+    bot.state_path = tmp_path / "r.json"
+
+    async def body() -> None:
+        async with Client(broker.endpoint, "human") as human, serving(bot, broker.endpoint):
+            await offered(human, "remind")
+
+            async def ask(text: str) -> str:
+                await human.pm("remind", text)
+                got = await said(human, lambda i: isinstance(i, PmPush) and i.from_ == "remind")
+                return str(got.text)
+
+            assert await ask("!remind 1h30m tea") == (
+                "human: in 1h30m, I will say: tea (reminder 1)"
+            )
+            assert "is not a duration" in await ask("!remind soon tea")
+            assert "1 second to 30 days" in await ask("!remind 31d tea")
+            assert (await ask("!REMINDERS")).startswith("human: 1: in 1h")
+            assert await ask("!forget 1") == "human: forgotten"
+            assert await ask("!reminders") == "human: no reminders waiting"
+            assert await ask("!remind 1s private") == (
+                "human: in 1s, I will say: private (reminder 2)"  # a new id, never reused
+            )
+            got = await said(human, lambda i: isinstance(i, PmPush))
+            assert got.text == "human: private"
+
+    run(body(), 30)
+    assert remind.parse_duration("1d") == 86400 and remind.describe(5400) == "1h30m"
 
 
 def test_dice_refusals_are_addressed_not_rolled() -> None:
