@@ -606,3 +606,63 @@ def test_lastlog_names_the_file_not_the_servers_folders(
     assert 3 <= int(match.group(1)) <= lines
     assert str(tmp_path) not in in_room and "secret-folder" not in in_room
     assert private == "ask in a room: I log the rooms I am in, #general"
+
+
+# ------------------------------------------------------------ the README
+
+
+def readme_files() -> dict[str, str]:
+    """The files of the README's "Bots" section: each ```python block that
+    opens with ``# NAME.py:``."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Bots\n") :]
+    section = section[: section.index("\n## ")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    return {m.group(1): b for b in blocks if (m := re.match(r"# (\w+\.py):", b))}
+
+
+def test_the_readmes_bots_work_as_written(broker: Broker, tmp_path: Path) -> None:
+    files = readme_files()
+    assert sorted(files) == ["greeter.py", "hello.py", "remind.py", "test_greeter.py"]
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    assert [c.name for c in load(str(tmp_path / "hello.py")).commands] == ["hello"]
+    reminder = load(str(tmp_path / "remind.py"))
+    greeter = load(str(tmp_path / "greeter.py"))
+
+    async def body() -> None:
+        async with (
+            Client(broker.endpoint, "human") as human,
+            serving(reminder, broker.endpoint),
+            serving(greeter, broker.endpoint),
+        ):
+            await offered(human, "remind")
+            await human.say("general", "!remind 1s tea")
+            assert (await said(human, from_("remind"))).text == "human: ok, in 1s"
+            assert (await said(human, from_("remind"))).text == "human: tea"
+            seen: list[Any] = []
+            for _ in range(2):  # greeted once, not at each join
+                async with Client(broker.endpoint, "guest"):
+                    is_guest = lambda i: isinstance(i, JoinEvent) and i.nick == "guest"  # noqa: E731
+                    await said(human, is_guest, seen=seen)
+                    await until(lambda: bool(greeter.state["greeted"]), 10, "the greeting")
+            await human.say("general", "!help")  # the greeter's answer comes after any greeting
+            await said(human, lambda i: from_("greeter")(i) and "!greeting" in i.text, seen=seen)
+            greetings = [i.text for i in seen if from_("greeter")(i) and "!greeting" not in i.text]
+            assert greetings == ["welcome to #general, guest! !help lists what bots do"]
+            assert greeter.state["greeted"] == ["guest"]
+        assert reminder.errors == 0 and greeter.errors == 0
+
+    run(body(), 30)
+    # The README's test of the greeter, as written, against this broker.
+    test = tmp_path / "test_greeter.py"
+    test.write_text(files["test_greeter.py"].replace("tcp://127.0.0.1:5599", broker.endpoint))
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=dict(ENV, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}"),
+    )
+    assert r.returncode == 0 and "1 passed" in r.stdout, r.stdout + r.stderr
