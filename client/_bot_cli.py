@@ -65,6 +65,9 @@ def main(argv: Sequence[str]) -> int:
         help="the file the bot's state is kept in (default: FILE.state.json beside a bot "
         "file; $XDG_DATA_HOME/zchat/bots/NICK.state.json for a shipped bot)",
     )
+    # A bot's nick is its own unless --nick says otherwise: ZCHAT_NICK is the
+    # person's nick, and a bot that took it would lock them out.
+    p.set_defaults(nick=None)
     args = p.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s"))

@@ -430,7 +430,8 @@ def zchat_bot(*args: str, log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "client", "bot", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=dict(ENV, XDG_DATA_HOME=os.environ["XDG_DATA_HOME"]),
+            # The person's nick in the environment is not the bot's.
+            env=dict(ENV, XDG_DATA_HOME=os.environ["XDG_DATA_HOME"], ZCHAT_NICK="human"),
         )
     _procs.append(proc)
     return proc
