@@ -28,9 +28,9 @@ bot restarted at once takes its session back, and waiting for its nick
 while someone else holds it), offers its commands to the broker (``/help``
 in the terminal client lists them), calls the ``on_start`` handlers, starts
 the timers, and then handles the client's items one at a time, in order.
-Every handler, timer and task goes through one place that logs what it
-raises, counts it in :attr:`Bot.errors`, and saves the state if it changed;
-a failure never stops the bot. When ``run`` ends (the client closed, or
+Handlers and timer calls (``_handle``) and the bot's tasks (``spawn``, which
+``later`` uses) log what they raise, count it in :attr:`Bot.errors`, and
+save the state if it changed; a failure never stops the bot. When ``run`` ends (the client closed, or
 the task cancelled, as ``zchat bot`` does on SIGINT, SIGTERM or SIGHUP),
 the bot's timers and tasks are cancelled and the state is saved. Closing
 the client, which says ``bye``, is the caller's part.
@@ -269,7 +269,8 @@ class BotState(MutableMapping[str, Any]):
 
     def _encode(self) -> bytes:
         doc = {"version": STATE_VERSION, "data": self._data, "session": self._session}
-        text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False)
+        # In insertion order, as a dict reads back: no sort_keys.
+        text = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False)
         return text.encode() + b"\n"
 
     def _open(self, path: Path) -> None:
