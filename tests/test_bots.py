@@ -174,9 +174,10 @@ def test_every_ticks_while_running_and_later_fires_once(broker: Broker, tmp_path
         stopped = len(ticks)
         await asyncio.sleep(0.5)  # no tick after the bot stopped
         assert len(ticks) == stopped
-        assert ticks[0] - started[0] >= 0.19  # the first tick after the interval
-        gaps = [b - a for a, b in itertools.pairwise(ticks)]
-        assert all(0.1 < g < 0.6 for g in gaps), gaps
+        # Never early, never bunched: the n-th call comes n intervals after
+        # the start or later (a loaded machine only makes it skip ticks).
+        assert all(t - started[0] >= 0.2 * (n + 1) - 0.01 for n, t in enumerate(ticks)), ticks
+        assert all(b > a for a, b in itertools.pairwise(ticks))
         assert sorted(fired) == ["coroutine", "coroutine function", "function"]
         assert bot.errors == 0
 
@@ -347,6 +348,7 @@ def test_a_restart_takes_its_session_back_with_the_saved_token(
             client = first.make_client(b.endpoint)
             task = asyncio.ensure_future(first.run(client))
             await said(human, lambda i: isinstance(i, JoinEvent) and i.nick == "pinger")
+            await offered(human, "pinger")  # its token saved, which comes after the join
             token = client.token
             assert json.loads(path.read_text())["session"] == {"nick": "pinger", "token": token}
             # A crash: no bye, so the broker keeps the session for 15 s.
@@ -404,7 +406,7 @@ def test_a_nick_held_past_nick_wait_is_refused(broker: Broker, tmp_path: Path) -
             with pytest.raises(RequestRefused) as err:
                 await bot.run(bot.make_client(broker.endpoint))
             assert err.value.code == Code.NICK_TAKEN
-            assert 1.0 <= time.monotonic() - started < 8
+            assert 0.9 <= time.monotonic() - started < 8  # a second's wait, then no more
             assert bot.client is None
 
     run(body(), 30)
