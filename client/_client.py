@@ -333,7 +333,7 @@ class Client:
         self._refused = asyncio.get_running_loop().create_future()
         self._new_dealer()
         self._spawn(self._heartbeat())
-        hello = asyncio.ensure_future(self._hello_waiting(nick_wait))
+        hello = asyncio.ensure_future(self._hello_waiting(nick_wait, timeout))
         try:
             done, _ = await asyncio.wait(
                 {hello, self._refused},
@@ -977,14 +977,20 @@ class Client:
                 continue
             return reply
 
-    async def _hello_waiting(self, wait: float) -> Welcome:
+    async def _hello_waiting(self, wait: float, timeout: float) -> Welcome:
         """:meth:`_hello`, asked again every second for ``wait`` seconds
-        while the nick is taken."""
+        while the nick is taken; each time answered within ``timeout``."""
         deadline = time.monotonic() + wait
         said = False
         while True:
             try:
-                return await self._hello()
+                # Bounded here too: a silent broker is not waited for as
+                # long as a taken nick would be.
+                return await asyncio.wait_for(self._hello(), timeout)
+            except asyncio.TimeoutError:
+                raise ConnectTimeout(
+                    f"no answer from {self.endpoint} within {timeout:g} s"
+                ) from None
             except RequestRefused as err:
                 if err.code != Code.NICK_TAKEN or time.monotonic() + NICK_RETRY_S > deadline:
                     raise
