@@ -511,7 +511,7 @@ class Bot:
         kwargs.setdefault("client_name", CLIENT_NAME)
         return Client(connect, self.nick, **kwargs)
 
-    async def run(self, client: Client) -> None:
+    async def run(self, client: Client, *, timeout: float = 10.0) -> None:
         """Serve on ``client`` until it closes or this task is cancelled.
 
         Loads :attr:`state`; starts ``client`` if it is not yet (with the
@@ -520,6 +520,13 @@ class Bot:
         calls the ``on_start`` handlers; starts the timers; then handles
         every item. At the end it cancels the bot's timers and tasks and
         saves the state; closing ``client`` is left to the caller.
+
+        Args:
+            client: the client to serve, from :meth:`make_client` or made
+                by hand.
+            timeout: how long to wait for the broker's first answer when
+                starting ``client``, in seconds (waiting for the nick comes
+                on top).
 
         Raises:
             RuntimeError: the bot is already running.
@@ -539,7 +546,7 @@ class Bot:
             if client.welcome is None:
                 if client.token is None:
                     client.token = self.state._token_for(client.nick)
-                await client.start(nick_wait=self.nick_wait)
+                await client.start(timeout=timeout, nick_wait=self.nick_wait)
             self.client = client
             self._keep_session(client)
             log.info("%s is in %s", client.nick, ", ".join("#" + r for r in client.rooms))

@@ -25,7 +25,15 @@ from typing import Any
 
 import pytest
 
-from client import Bot, BotState, Client, InvalidInput, RequestRefused, ZchatError
+from client import (
+    Bot,
+    BotState,
+    Client,
+    ConnectTimeout,
+    InvalidInput,
+    RequestRefused,
+    ZchatError,
+)
 from client._bot_cli import load
 from client.bot import Message, Presence, default_state_path
 from client.bots import dice, remind
@@ -408,6 +416,21 @@ def test_a_nick_held_past_nick_wait_is_refused(broker: Broker, tmp_path: Path) -
             assert err.value.code == Code.NICK_TAKEN
             assert 0.9 <= time.monotonic() - started < 8  # a second's wait, then no more
             assert bot.client is None
+
+    run(body(), 30)
+
+
+def test_run_gives_up_on_a_silent_broker_after_its_timeout(broker: Broker, tmp_path: Path) -> None:
+    endpoint = broker.endpoint
+    broker.kill()
+    bot = Bot("lonely", state_path=tmp_path / "l.json")
+
+    async def body() -> None:
+        client = bot.make_client(endpoint)
+        started = time.monotonic()
+        with pytest.raises(ConnectTimeout):
+            await bot.run(client, timeout=0.5)
+        assert time.monotonic() - started < 5 and bot.client is None
 
     run(body(), 30)
 
