@@ -22,10 +22,11 @@ from ._errors import (
     RequestRefused,
     ZchatError,
 )
-from .bot import Bot, Message, Presence
+from .bot import Bot, BotState, Message, Presence
 
 __all__ = [
     "Bot",
+    "BotState",
     "Client",
     "ClientClosed",
     "ConnectRefused",

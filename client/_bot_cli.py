@@ -9,24 +9,32 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._client import valid_room
+from ._errors import InvalidInput
 from ._keys import curve_keys
 from ._programs import add_common, fail, run_program
-from ._render import SafeFormatter, safe
+from ._render import SafeFormatter
 from .bot import Bot
 
 PROG = "zchat bot"
-SHIPPED = ("dice", "echo", "logger")
+SHIPPED = ("dice", "echo", "logger", "remind")
 
 
 def load(spec: str) -> Bot:
-    """The ``bot`` of a Python file, or of a shipped bot by name."""
+    """The ``bot`` of a Python file, or of a shipped bot by name.
+
+    A bot from a file keeps its state beside it, in ``FILE.state.json``,
+    unless it names another file itself (``Bot(..., state_path=...)``).
+
+    Raises:
+        ValueError: there is no such bot, or the file defines none.
+    """
     path = Path(spec)
     if path.suffix == ".py" or path.exists():
         if not path.is_file():
             raise ValueError(f"no bot file {spec}")
         mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert mod_spec is not None and mod_spec.loader is not None
+        if mod_spec is None or mod_spec.loader is None:
+            raise ValueError(f"{spec} is not a Python file")
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
     elif spec in SHIPPED:
@@ -36,16 +44,30 @@ def load(spec: str) -> Bot:
     bot = getattr(module, "bot", None)
     if not isinstance(bot, Bot):
         raise ValueError(f"{spec} defines no 'bot = Bot(...)'")
+    if path.suffix == ".py" and bot.state_path is None:
+        bot.state_path = path.with_name(f"{path.stem}.state.json")
     return bot
 
 
 def main(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description="Run a bot until interrupted.")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a bot until interrupted (Ctrl-C, SIGTERM or SIGHUP say goodbye first).",
+    )
     p.add_argument(
         "bot", metavar="FILE_OR_NAME", help=f"a bot file, or one of: {', '.join(SHIPPED)}"
     )
     add_common(p)
     p.add_argument("--room", action="append", help="rooms to join (default: the bot's own)")
+    p.add_argument(
+        "--state",
+        metavar="FILE",
+        help="the file the bot's state is kept in (default: FILE.state.json beside a bot "
+        "file; $XDG_DATA_HOME/zchat/bots/NICK.state.json for a shipped bot)",
+    )
+    # A bot's nick is its own unless --nick says otherwise: ZCHAT_NICK is the
+    # person's nick, and a bot that took it would lock them out.
+    p.set_defaults(nick=None)
     args = p.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s"))
@@ -56,18 +78,22 @@ def main(argv: Sequence[str]) -> int:
         return fail(PROG, str(err), 2)
     if args.nick:
         bot.nick = args.nick
+    if args.room:
+        bot.rooms = args.room
+    if args.state:
+        bot.state_path = args.state
 
     async def body() -> int:
-        if args.room:
-            bot.rooms = [valid_room(room) for room in args.room]
-        client = bot.client(args.connect, curve=curve_keys(args.server_key))
-        await client.start(timeout=args.timeout)
-        logging.getLogger("zchat.bot").info(
-            "%s is in %s", safe(client.nick), safe(", ".join("#" + r for r in client.rooms))
-        )
         try:
-            await bot.run(client)
+            curve = curve_keys(args.server_key)
+        except ValueError as err:
+            raise InvalidInput("bad_key", str(err)) from None
+        client = bot.make_client(args.connect, curve=curve)
+        try:
+            await bot.run(client, timeout=args.timeout)
         finally:
+            # Says bye, also when a signal cancelled the run: the nick is
+            # free at once, not after the broker's session timeout.
             await client.close()
         return 0
 

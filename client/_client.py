@@ -111,6 +111,7 @@ log = logging.getLogger("zchat.client")
 T = TypeVar("T")
 
 BACKOFF_MAX_S = 2.0
+NICK_RETRY_S = 1.0
 BACKLOG_HIGH = 10_000
 # Refusals that only say "not now": the client's own calls wait retry_ms
 # and ask again, and never give a room up over them.
@@ -312,8 +313,15 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def start(self, *, timeout: float = 10.0) -> Welcome:
+    async def start(self, *, timeout: float = 10.0, nick_wait: float = 0.0) -> Welcome:
         """Connect, say hello and join the start rooms.
+
+        Args:
+            timeout: how long to wait for the broker's answer, in seconds.
+            nick_wait: while the broker says the nick is taken, ask again
+                every second for up to this many seconds (added to
+                ``timeout``): a program restarted at once finds its nick
+                held until its previous session times out.
 
         Raises:
             InvalidInput: the nick or the endpoint is not valid.
@@ -333,11 +341,13 @@ class Client:
         self._refused = asyncio.get_running_loop().create_future()
         self._new_dealer()
         self._spawn(self._heartbeat())
-        hello: asyncio.Future[Any] = asyncio.ensure_future(self._hello())
+        hello: asyncio.Future[Any] = asyncio.ensure_future(self._hello_waiting(nick_wait, timeout))
         refused: asyncio.Future[Any] = self._refused
         try:
             done, _ = await asyncio.wait(
-                [hello, refused], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                [hello, refused],
+                timeout=timeout + nick_wait,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             if hello not in done:
                 hello.cancel()
@@ -966,6 +976,33 @@ class Client:
                 await asyncio.sleep((reply.retry_ms or 100) / 1000)
                 continue
             return reply
+
+    async def _hello_waiting(self, wait: float, timeout: float) -> Welcome:
+        """:meth:`_hello`, asked again every second for ``wait`` seconds
+        while the nick is taken; each time answered within ``timeout``."""
+        deadline = time.monotonic() + wait
+        said = False
+        while True:
+            try:
+                # Bounded here too: a silent broker is not waited for as
+                # long as a taken nick would be.
+                return await asyncio.wait_for(self._hello(), timeout)
+            except asyncio.TimeoutError:
+                raise ConnectTimeout(
+                    f"no answer from {self.endpoint} within {timeout:g} s"
+                ) from None
+            except RequestRefused as err:
+                if err.code != Code.NICK_TAKEN or time.monotonic() + NICK_RETRY_S > deadline:
+                    raise
+                if not said:  # one line, not one a second
+                    said = True
+                    log.info(
+                        "nick %s is taken; asking again every %g s for up to %g s",
+                        self.nick,
+                        NICK_RETRY_S,
+                        wait,
+                    )
+            await asyncio.sleep(NICK_RETRY_S)
 
     async def _hello(self) -> Welcome:
         dealer = self._dealer

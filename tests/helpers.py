@@ -172,9 +172,17 @@ class RawClient:
         self.dealer.send(msg if isinstance(msg, bytes) else json.dumps(msg).encode())
 
     def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        if not self.dealer.poll(int(timeout * 1000)):
-            raise AssertionError(f"no reply within {timeout:g} s")
-        return dict(json.loads(self.dealer.recv()))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.dealer.poll(int(left * 1000)):
+                raise AssertionError(f"no reply within {timeout:g} s")
+            try:
+                # Not a blocking recv: a connection that dies after poll()
+                # takes its message with it.
+                return dict(json.loads(self.dealer.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                continue
 
     def request(self, msg: dict[str, Any] | bytes, timeout: float = 5.0) -> dict[str, Any]:
         self.send(msg)
