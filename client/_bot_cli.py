@@ -57,7 +57,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument(
         "bot", metavar="FILE_OR_NAME", help=f"a bot file, or one of: {', '.join(SHIPPED)}"
     )
-    add_common(p)
+    add_common(p, nick_env=False)
     p.add_argument("--room", action="append", help="rooms to join (default: the bot's own)")
     p.add_argument(
         "--state",
@@ -65,9 +65,6 @@ def main(argv: Sequence[str]) -> int:
         help="the file the bot's state is kept in (default: FILE.state.json beside a bot "
         "file; $XDG_DATA_HOME/zchat/bots/NICK.state.json for a shipped bot)",
     )
-    # A bot's nick is its own unless --nick says otherwise: ZCHAT_NICK is the
-    # person's nick, and a bot that took it would lock them out.
-    p.set_defaults(nick=None)
     args = p.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s"))

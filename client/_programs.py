@@ -43,8 +43,11 @@ EXIT_UNREACHABLE = 3
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def add_common(p: argparse.ArgumentParser, *, nick_required: bool = False) -> None:
-    """Options every client program takes, with their environment defaults."""
+def add_common(
+    p: argparse.ArgumentParser, *, nick_required: bool = False, nick_env: bool = True
+) -> None:
+    """Options every client program takes, with their environment defaults
+    (``nick_env`` False: the nick is not taken from ZCHAT_NICK, a person's)."""
     p.add_argument(
         "--connect",
         default=os.environ.get("ZCHAT_CONNECT", DEFAULT_CONNECT),
@@ -52,11 +55,12 @@ def add_common(p: argparse.ArgumentParser, *, nick_required: bool = False) -> No
         help="the broker's request endpoint, tcp://HOST:PORT (env ZCHAT_CONNECT; "
         "default %(default)s)",
     )
+    env_nick = os.environ.get("ZCHAT_NICK") if nick_env else None
     p.add_argument(
         "--nick",
-        default=os.environ.get("ZCHAT_NICK"),
-        required=nick_required and not os.environ.get("ZCHAT_NICK"),
-        help="the nick to use (env ZCHAT_NICK)",
+        default=env_nick,
+        required=nick_required and not env_nick,
+        help="the nick to use" + (" (env ZCHAT_NICK)" if nick_env else ""),
     )
     p.add_argument(
         "--timeout",
