@@ -7,9 +7,9 @@ kept in the store, so it outlives restarts, and covers the nick's skeleton
 ``alice``.
 
 Without an allow-list anyone can make keys, so claims are bounded: a key
-claims at most ``nicks_per_key`` nicks (past that its sessions use nicks
-without claiming them), and a claim lapses when its nick has not been used
-for ``nick_claim_days``. An operator releases one with ``zchat-broker nick
+claims at most ``nicks_per_key`` nicks and the broker holds at most
+``max_claims`` (past either, sessions use nicks without claiming them), and
+a claim lapses when its nick has not been used for ``nick_claim_days``. An operator releases one with ``zchat-broker nick
 release NICK``, which deletes the stored claim; the broker reads the store
 again before refusing anyone, so the release takes effect at once. With an
 allow-list every key is trusted: claims are unbounded and never lapse.
@@ -25,6 +25,8 @@ from messages import nick_skeleton
 DAY_S = 86_400.0
 # A claim's time of last use is written at most this often, not on every hello.
 TOUCH_S = 3_600.0
+# At the cap, lapsed claims are looked for at most this often (a full scan).
+SWEEP_S = 60.0
 
 
 class ClaimStore(Protocol):
@@ -38,11 +40,19 @@ class Claims:
     """Nick claims by key: in memory, written through to the store."""
 
     def __init__(
-        self, store: ClaimStore, *, per_key: int, lapse_days: float, bounded: bool
+        self,
+        store: ClaimStore,
+        *,
+        per_key: int,
+        lapse_days: float,
+        bounded: bool,
+        max_claims: int = 0,
     ) -> None:
         self.store = store
         self.per_key = per_key if bounded else 0
         self.lapse_s = lapse_days * DAY_S if bounded else 0.0
+        self.max_claims = max_claims if bounded else 0
+        self._next_sweep = 0.0
         self.owners: dict[str, tuple[str, float]] = store.nick_claims()
         self.by_skeleton: dict[str, str] = {nick_skeleton(n): n for n in self.owners}
         self.count: Counter[str] = Counter(key for key, _ in self.owners.values())
@@ -86,14 +96,29 @@ class Claims:
             return
         if self.per_key and self.count[key] >= self.per_key:
             return  # this key has claimed its share: the nick stays unclaimed
+        if self.max_claims and len(self.owners) >= self.max_claims:
+            self._sweep(now)
+            if len(self.owners) >= self.max_claims:
+                return  # the broker holds all it may: unclaimed too
         self.owners[nick_key] = (key, now)
         self.by_skeleton[nick_skeleton(nick_key)] = nick_key
         self.count[key] += 1
         self.store.set_nick_claim(nick_key, key, now)
 
+    def _sweep(self, now: float) -> None:
+        """Drop the claims that lapsed (they are otherwise dropped only when
+        their nick is next asked for)."""
+        if not self.lapse_s or now < self._next_sweep:
+            return
+        self._next_sweep = now + SWEEP_S
+        for nick in [n for n, (_, used) in self.owners.items() if now - used > self.lapse_s]:
+            self._drop(nick)
+
     def _drop(self, nick_key: str, *, stored: bool = True) -> None:
         key, _ = self.owners.pop(nick_key)
         self.by_skeleton.pop(nick_skeleton(nick_key), None)
         self.count[key] -= 1
+        if not self.count[key]:
+            del self.count[key]  # keys come and go: keep none at zero
         if stored:
             self.store.drop_nick_claim(nick_key)

@@ -260,6 +260,14 @@ class Config:
         metavar="N",
         group="held",
     )
+    max_claims: int = _opt(
+        100_000,
+        "with CURVE and no --allow-keys: nick claims in all (keys cost nothing to make); "
+        "past it, nicks are used unclaimed",
+        parse=_positive,
+        metavar="N",
+        group="held",
+    )
     # --------------------------------------------------------- connections
     max_connections: int = _opt(
         0,

@@ -73,13 +73,7 @@ _TCP_INFO = getattr(socket, "TCP_INFO", 11)
 _TIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked and tcpi_bytes_received.
 _ACKED_AT, _RECEIVED_AT, _TCP_INFO_LEN = 120, 128, 136
-_EVENTS = (
-    zmq.EVENT_ACCEPTED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_CLOSED
-    | zmq.EVENT_ACCEPT_FAILED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
+_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_ACCEPT_FAILED
 SCAN_S = 1.0
 # Process growth that triggers a scan at once. An unfinished message's empty
 # frames cost libzmq 46 bytes each: 8 MiB is 180,000 frames, which the loop
@@ -272,6 +266,9 @@ class Connections:
         self._active = active
         self.by_fd: dict[int, Conn] = {}
         self.fd_of: dict[bytes, int] = {}  # routing id -> its connection's fd
+        # Numbers of closed connections that were turned away, until reused
+        # (at most one per descriptor).
+        self._kicked_fds: set[int] = set()
         self.addresses: Counter[str] = Counter()
         self.kicks: Counter[str] = Counter()
         self._monitors = [
@@ -285,7 +282,6 @@ class Connections:
         self._closed_since_trim = 0
         self._next_trim = 0.0
         self._next_log: dict[str, float] = {}
-        self.refused_keys = 0
         self.kicked_open = 0  # kicked, but libzmq has not reported them closed yet
 
     def __len__(self) -> int:
@@ -319,11 +315,10 @@ class Connections:
                         len(self.by_fd),
                         self.limit,
                     )
-                elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    self.refused_keys += 1
 
     def _accepted(self, fd: int, kind: str, now: float) -> None:
         self._closed(fd)  # a number reused before its close was read
+        self._kicked_fds.discard(fd)
         conn = Conn(fd, _peer(fd), kind, now)
         self.by_fd[fd] = conn
         self.addresses[conn.addr] += 1
@@ -360,6 +355,7 @@ class Connections:
             return
         if conn.kicked:
             self.kicked_open -= 1
+            self._kicked_fds.add(fd)
         self.addresses[conn.addr] -= 1
         if self.addresses[conn.addr] <= 0:
             del self.addresses[conn.addr]
@@ -370,19 +366,33 @@ class Connections:
 
     # ----------------------------------------------------- what came in
 
-    def seen(self, ident: bytes, frame: zmq.Frame) -> None:
-        """A request from ``ident`` arrived on ``frame``'s connection."""
+    def seen(self, ident: bytes, frame: zmq.Frame) -> bool:
+        """A request from ``ident`` arrived on ``frame``'s connection;
+        returns False when that connection is being disconnected, so the
+        request is to be dropped."""
         try:
             fd = frame.get(zmq.SRCFD)
         except zmq.ZMQError:
-            return
+            return True
         conn = self.by_fd.get(fd)
         if conn is None:
-            return
+            # Its accept may not be read yet (libzmq reports it on another
+            # pipe): read it, since it may be one the bounds turn away.
+            self.events(time.monotonic())
+            conn = self.by_fd.get(fd)
+            if conn is None:
+                # Closed already: dropped if it was turned away (what it sent
+                # before it was cut is still in the ROUTER's queue).
+                return fd not in self._kicked_fds
+        if conn.kicked:
+            # A hello from a connection turned away would take its nick
+            # for --timeout-ms, from the client's own next try.
+            return False
         conn.active = True
         if ident not in conn.idents:
             conn.idents.add(ident)
             self.fd_of[ident] = fd
+        return True
 
     def subscription(self, frame: zmq.Frame) -> bool:
         """Whether a (un)subscription from a subscriber is to be applied;

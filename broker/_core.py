@@ -228,8 +228,10 @@ class Outbox:
     frame)`` for the ROUTER, ``events`` are ``(topic, frame)`` for the PUB.
     ``pushes`` are private messages for the ROUTER: one the ROUTER cannot
     deliver goes back to the core (:meth:`Core.hold`) rather than away.
-    ``bulk`` counts, per routing id, the bytes of replies other than the
-    acks of ``say``: the shell holds them against the peer's send queue.
+    ``bulk`` counts, per routing id, the bytes of replies other than acks
+    (small: the ROUTER's high-water mark, in replies, bounds those): the
+    shell holds them, and the pushes it delivers, against the peer's send
+    queue.
     ``free`` are replies that do not depend on the batch's writes (pongs,
     errors, lists of who is where): when the store cannot commit the batch,
     they go out all the same, and the rest waits.
@@ -288,8 +290,12 @@ class Core:
                 per_key=config.nicks_per_key,
                 lapse_days=config.nick_claim_days,
                 bounded=config.allow_keys is None,
+                max_claims=config.max_claims,
             )
         self.read_only = False  # set by the shell while the store takes no writes
+        # Sessions taken over since the shell last looked: old routing id ->
+        # new, for the private messages it holds back (cleared by it).
+        self.moved: dict[bytes, bytes] = {}
         self.held_total = 0
         self._held_max = config.held_pm_kb * KIB
         self._held_total_max = config.held_pm_mb * MIB
@@ -471,7 +477,10 @@ class Core:
         try:
             if kind is not Ping:
                 session.last_active = now
-                if self.read_only and kind in _WRITES:
+                # store.failed: a write failed earlier in this batch, so the
+                # store's answers (a forgotten room's last seq) miss what the
+                # batch made; go on from them and seqs would be reused.
+                if (self.read_only or self.store.failed) and kind in _WRITES:
                     raise ProtocolError(
                         Code.UNAVAILABLE,
                         "the broker's store is full: nothing can be written until it has "
@@ -605,7 +614,10 @@ class Core:
         key = nick_key(req.nick)
         holder = self.nicks.get(key)
         if holder is not None:
-            if self.claims is not None and not self.claims.check(key, peer_key, now):
+            # In memory only (check reads the store, for a release): the nick
+            # is in use, so a release would change nothing, and this hello
+            # costs no token.
+            if self.claims is not None and self.claims.owner(key, now) not in (None, peer_key):
                 raise ProtocolError(Code.UNAUTHORIZED, f"nick {req.nick!r} belongs to another key")
             if req.token is None or not hmac.compare_digest(
                 req.token.encode(), holder.token.encode()
@@ -624,12 +636,18 @@ class Core:
             # connection follow the session to the new one.
             if any(to == old for to, _ in out.pushes):
                 out.pushes[:] = [(ident if to == old else to, p) for to, p in out.pushes]
+            # And so must those that wait on the store (the server's).
+            self.moved[old] = ident
             if holder.held:
                 self._release(holder, out)
+            if self.claims is not None:
+                self.claims.use(key, peer_key, now)  # a session kept for months keeps its claim
         else:
-            self._check_nick_free(None, req.nick, peer_key, now)
+            # Admitted first: refusing a nick may read the store (a claim
+            # released meanwhile), so each try costs a hello.
             a = self._address(addr, now)
             tokens = self._admit(a, now)
+            self._check_nick_free(None, req.nick, peer_key, now)
             session = Session(ident, req.nick, now, tokens, peer_key, a, bool(req.quiet))
             a.sessions += 1
             self._idle_addresses.discard(a.name)
@@ -714,8 +732,6 @@ class Core:
                     Code.LIMIT_REACHED,
                     f"you are in {len(s.rooms)} rooms, the most one session may be in",
                 )
-            if self._limited:
-                self._spend(s, now)
             room = self._room(req.room)
             s.rooms[req.room] = None
             room.members[s] = None
@@ -1017,7 +1033,9 @@ class Core:
 
     def next_expiry(self) -> float | None:
         """When the oldest session will time out, if nothing is heard."""
-        if not self.sessions:
+        if not self.sessions or self.read_only:
+            # Read-only, an overdue session stays (see expire): its time
+            # would be always past, and the loop would spin on it.
             return None
         return next(iter(self.sessions.values())).last_seen + self.config.timeout_ms / 1000
 
@@ -1089,14 +1107,15 @@ _HANDLERS: dict[type, Any] = {
     Offer: Core._offer,
     Commands: Core._commands,
 }
-# Tokens each request costs before it is handled. Join and nick are charged
-# by their handlers: a join only when it makes an event, a nick change by
-# the number of rooms it is announced in.
+# Tokens each request costs before it is handled. A nick change is charged
+# by its handler, by the number of rooms it is announced in. Every join
+# costs one, a refused one or one into a room the session is in too: each
+# answers with the member list, which is work.
 _COST: dict[type, int] = {
     Hello: 0,
     Ping: 0,
     Bye: 0,
-    Join: 0,
+    Join: 1,
     Nick: 0,
     Part: 1,
     Say: 1,

@@ -87,12 +87,11 @@ def load_secret(path: str) -> tuple[bytes, bytes]:
 class _Authenticator(ThreadAuthenticator):
     """pyzmq's authenticator, telling the broker's log which keys it refuses
     (a client refused at the handshake sees only a failed connection): at
-    most a line a minute, with how many were refused meanwhile."""
+    most a line a minute, with how many were refused in all."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         super().__init__(ctx)
         self.refused = 0
-        self._reported = 0
         self._next_report = 0.0
 
     async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:

@@ -120,7 +120,6 @@ class Server:
         self.core = Core(self.config, self.store)
         self.recovered = self.core.load_recent(time.time())
         self.stopping = False
-        self.dropped = 0
         self._forgotten_reported = 0
         self._next_forgotten_report = 0.0
         self._signals: list[int] = []
@@ -276,6 +275,7 @@ class Server:
         max_text = self.config.max_text
         curve = self.guard is not None
         seen = self.conns.seen
+        known = self.conns.fd_of
         deadline = time.monotonic() + BATCH_S
         for n in range(BATCH):
             if n & 63 == 63 and time.monotonic() > deadline:
@@ -295,18 +295,19 @@ class Server:
             try:
                 req = decode_request(body, max_text=max_text)
             except ProtocolError as err:
-                seen(ident, body)
-                out.reply(ident, error_reply(err))
+                if seen(ident, body):
+                    out.reply(ident, error_reply(err))
                 continue
             except Exception:
-                seen(ident, body)
-                self._internal_error(ident, None, out)
+                if seen(ident, body):
+                    self._internal_error(ident, None, out)
                 continue
             kind = type(req)
-            if kind is not Say:
-                # Not on the hot path: which connection it came on (for the
-                # connection bounds) and, for a hello, the client's address.
-                seen(ident, body)
+            # Which connection it came on (for the connection bounds): once
+            # for a say, whose connection is known from the hello before it,
+            # unless it came back with its routing id and says only that.
+            if (kind is not Say or ident not in known) and not seen(ident, body):
+                continue  # from a connection being turned away
             try:
                 key = str(body.get("User-Id")) if curve else None
                 if kind is Hello:
@@ -344,6 +345,17 @@ class Server:
                 setsockopt(_SUBSCRIBE if data[0] == 1 else _UNSUBSCRIBE, data[1:])
 
     def _flush(self, out: Outbox) -> None:
+        moved = self.core.moved
+        if moved:
+            # A session taken over: the private messages waiting on the store
+            # for its old connection go to the new one (never lost to it).
+            waiting = self._waiting.pushes
+            for i, (to, push) in enumerate(waiting):
+                hops = 0
+                while to in moved and hops < len(moved):
+                    to, hops = moved[to], hops + 1
+                waiting[i] = (to, push)
+            moved.clear()
         if self.core.read_only:
             # Writes are refused meanwhile: what this batch made needs no commit.
             self._send(out)
@@ -378,6 +390,10 @@ class Server:
                     # so a failed send never leaves half a message queued.
                     send(router, ident, _MORE_NOBLOCK)
                     send(router, frame, _NOBLOCK)
+                    if pushes:
+                        # Held against the recipient's send queue like its
+                        # replies: senders could otherwise fill it for it.
+                        conns.sent(ident, len(frame))
                 except zmq.ZMQError as err:
                     # EHOSTUNREACH: the peer is gone; EAGAIN: its queue is
                     # full. A reply or event is repaired by the client (it
@@ -387,10 +403,9 @@ class Server:
                         raise
                     if err.errno == errno.EAGAIN:
                         conns.full(ident)
+                    # (A push whose session has ended goes with it.)
                     nick = self.core.hold(ident, frame) if pushes else None
-                    if nick is None:
-                        self.dropped += 1
-                    else:
+                    if nick is not None:
                         log.info("%s cannot be reached; a private message is held for it", nick)
         for ident, nbytes in out.bulk.items():
             conns.sent(ident, nbytes)

@@ -143,7 +143,6 @@ class Store:
         # The last write failed: what the open transaction held waits in
         # _tx_work for the next commit.
         self.failed = False
-        self._error: sqlite3.Error | None = None
         self._tx_work: list[tuple[str, object]] = []
         if path != ":memory:":
             self._lock(path)
@@ -245,6 +244,10 @@ class Store:
         columns = {r[1] for r in db.execute("PRAGMA table_info(nick_keys)")}
         if "used" not in columns:
             db.execute("ALTER TABLE nick_keys ADD COLUMN used REAL NOT NULL DEFAULT 0")
+        # A claim of unknown age starts its lapse now, once: counting it as
+        # used at every start would keep it forever on a broker restarted
+        # more often than claims lapse.
+        db.execute("UPDATE nick_keys SET used = ? WHERE used = 0", (time.time(),))
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is None:
             return
         db.execute("BEGIN")
@@ -353,9 +356,9 @@ class Store:
 
     def flush(self) -> None:
         """Write what was added into the batch's transaction, so that queries
-        see it. A failure here (no room) is kept for :meth:`commit` to report;
-        after one, nothing is written until a commit succeeds, and queries
-        see what was committed."""
+        see it. After a failure here (no room), nothing is written until
+        :meth:`commit` succeeds (it replays the whole transaction, and
+        reports what fails then), and queries see what was committed."""
         work = self._pending()
         if not work:
             return
@@ -373,7 +376,6 @@ class Store:
 
     def _fail(self, err: sqlite3.Error) -> None:
         self.failed = True
-        self._error = err
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
         self._in_tx = False
@@ -551,12 +553,10 @@ class Store:
         self._db.execute("DELETE FROM pm_ids WHERE at < ?", (before,))
 
     def nick_claims(self) -> dict[str, tuple[str, float]]:
-        """Every nick claim: ``nick key -> (public key, last used)``; a claim
-        of unknown age counts as used now."""
+        """Every nick claim: ``nick key -> (public key, last used)``."""
         self.flush()
-        now = time.time()
         return {
-            nick: (key, used or now)
+            nick: (key, used)
             for nick, key, used in self._db.execute("SELECT nick, key, used FROM nick_keys")
         }
 

@@ -99,6 +99,9 @@ def test_token_takes_over_without_leave_or_join() -> None:
     assert code(w.ask(b"new", m.Hello(nick="alice", token="nope"))) == "nick_taken"
     assert w.ask(b"new", m.Hello(nick="alice", token=token)).token == token
     assert len(w.published) == before
+    # The shell is told, for the private messages it holds back while the
+    # store is full: they follow the session too.
+    assert w.core.moved == {b"old": b"new"}
     pong = w.ask(b"new", m.Ping())
     assert pong.seqs == {"general": 1}
     assert w.ask(b"old", m.Ping()).seqs == {}  # the old connection has no session now
@@ -196,14 +199,15 @@ def test_dedup_and_seq_survive_a_restart(tmp_path: Path) -> None:
 
 def test_rate_limit_with_a_fake_clock() -> None:
     w = World(rate=2.0, burst=4)
-    w.hello(b"a", "alice", "general")  # the join that makes an event costs a token
+    w.hello(b"a", "alice", "general")  # the join costs a token
     replies = [w.ask(b"a", m.Say(room="general", text=str(i))) for i in range(4)]
     assert [type(r).__name__ for r in replies] == ["Ack", "Ack", "Ack", "Error"]
     assert replies[3].code == "rate_limited" and replies[3].retry_ms == 500
     assert w.seqs("general") == [1, 2, 3, 4]  # the refused one published nothing
-    # Pings, and joins of a room one is in, cost nothing; a new join does.
+    # Pings cost nothing; a join does, even of a room one is in (its
+    # answer lists the members: work).
     assert isinstance(w.ask(b"a", m.Ping()), m.Pong)
-    assert isinstance(w.ask(b"a", m.Join(room="general")), m.Joined)
+    assert code(w.ask(b"a", m.Join(room="general"))) == "rate_limited"
     assert code(w.ask(b"a", m.Join(room="dev"))) == "rate_limited"
     w.now += 0.5
     assert isinstance(w.ask(b"a", m.Say(room="general", text="later")), m.Ack)
@@ -598,3 +602,51 @@ def test_a_quiet_session_publishes_no_presence_and_is_listed_apart() -> None:
     w.ask(b"t", m.Nick(nick="tail-2"))
     w.ask(b"t", m.Bye())
     assert [type(e).__name__ for e in w.published[before:]] == ["MsgEvent"]
+
+
+def test_nick_claims_are_bounded_in_all_and_lapsed_ones_make_room() -> None:
+    """Keys cost nothing to make: a key's five claims times as many keys as
+    one likes had no bound. Past ``max_claims`` nicks are used unclaimed;
+    claims that lapsed make room once the cap is reached."""
+    from broker._claims import DAY_S, Claims
+
+    store = Store(":memory:")
+    try:
+        claims = Claims(store, per_key=2, lapse_days=1, bounded=True, max_claims=3)
+        for i in range(3):
+            claims.use(f"nick{i}", f"key{i}", T0)
+        claims.use("nick3", "key3", T0)  # past the cap: used unclaimed
+        assert len(claims) == 3 and claims.owner("nick3", T0) is None
+        assert claims.check("nick3", "anyone", T0)
+        # A day and a bit later nick1 and nick2 were never used again, but
+        # nick0 was: the two lapsed claims go when the cap is next reached.
+        later = T0 + DAY_S + 60
+        claims.use("nick0", "key0", T0 + DAY_S - 60)
+        claims.use("nick4", "key4", later)
+        assert claims.owner("nick4", later) == "key4"
+        assert claims.owner("nick0", later) == "key0"
+        assert len(claims) == 2 and set(claims.count) == {"key0", "key4"}
+        assert set(store.nick_claims()) == {"nick0", "nick4"}
+    finally:
+        store.close()
+
+
+def test_once_a_write_failed_in_a_batch_its_later_writes_are_refused() -> None:
+    """A full disk fails a flush mid-batch; the store's answers then miss
+    what the batch made. A forgotten room's last seq read from it would be
+    used again, and the retried commit would stop the broker."""
+    import sqlite3
+
+    w = World()
+    w.hello(b"a", "alice", "r")
+    w.hello(b"b", "bob")
+    out = Outbox()
+    w.core.handle(b"a", m.Part(room="r", id="p"), w.now, out)  # #r is forgotten; its leave waits
+    w.store._fail(sqlite3.OperationalError("database or disk is full"))  # as a flush would
+    w.core.handle(b"b", m.Join(room="r", id="j"), w.now, out)
+    replies = {to: m.decode_reply(frame) for to, frame in out.free + out.replies}
+    assert code(replies[b"b"]) == "unavailable"
+    w.store.commit()  # room again: the batch's leave is written, as seq 2
+    assert isinstance(w.ask(b"b", m.Join(room="r")), m.Joined)
+    events, _ = w.store.history("r", after=0, before=None, limit=10)
+    assert [m.decode_event(e).seq for e in events] == [1, 2, 3]
