@@ -16,8 +16,9 @@ another store) and does what it answers: it queues the events for
 Every request carries an id unique to this client. Requests wait in
 ``_pending`` until their reply arrives. When the broker stops answering
 (nothing for ``timeout_ms``), restarts (``epoch`` changes) or forgets the
-session (``no_session``), the client recovers: a new DEALER with the same
-routing id, ``hello`` with the same nick and token, a ``join`` of every
+session (``no_session``), the client recovers: a new DEALER (with the same
+routing id, but under CURVE one ZeroMQ picks, since the broker hands no id
+over to another key), ``hello`` with the same nick and token, a ``join`` of every
 room (whose reply tells the sequencer what was missed meanwhile), and then
 every pending request is sent again. The broker answers a resent ``say`` or
 ``pm`` with its first ``ack``, so nothing is published twice. The client's
@@ -157,6 +158,14 @@ def _expect(reply: Any, kind: type[R]) -> R:
     return reply
 
 
+def _own_event(client: Client, reply: Joined) -> bool:
+    """Whether ``reply.seq`` numbers the client's own join: not for a quiet
+    session (it makes none), nor when it was in the room already (a session
+    taken over by token), where it is the room's last event: delivered
+    before, by whoever had the session then."""
+    return not client.quiet and not reply.already
+
+
 def handshake_failure(event: int, value: int, *, curve: CurveKeys | None) -> str:
     """What a failed handshake (a socket monitor event) means, for people."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -192,10 +201,13 @@ class Disconnected:
 
 @dataclass(frozen=True)
 class Reconnected:
-    """The client is back: ``recovered`` events were fetched from history."""
+    """The client is back: ``recovered`` events were fetched from history.
+    ``lost`` are rooms the broker would not let it back into (a limit
+    reached meanwhile), each with why; the client is no longer in them."""
 
     recovered: int
     restarted: bool
+    lost: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -283,6 +295,7 @@ class Client:
         # A Reconnected owed once the rooms have what they missed:
         # (restarted, stats["repaired"] when it began, {room: joined seq}).
         self._owed: tuple[bool, int, dict[str, int]] | None = None
+        self._lost: list[tuple[str, str]] = []  # rooms a rejoin was refused, until told
         self._want_rooms = [valid_room(r) for r in (rooms if rooms is not None else [DEFAULT_ROOM])]
         self._offer: list[CommandSpec] | None = None
         self._pending: dict[str, _Pending] = {}
@@ -361,8 +374,14 @@ class Client:
             raise
         self._spawn(self._read_sub())
         self.connected = True
-        for room in self._want_rooms:
-            await self.join(room)
+        try:
+            for room in self._want_rooms:
+                await self.join(room)
+        except BaseException:
+            # A start that fails leaves nothing running: the session goes
+            # too (its caller has no client to close).
+            await self.close()
+            raise
         return welcome
 
     async def close(self, reason: str | None = None, *, quiet: bool = False) -> None:
@@ -623,27 +642,38 @@ class Client:
     async def join(self, room: str) -> Joined:
         """Join ``room``: subscribe first, then ask, so no event is missed."""
         name = valid_room(room)
-        if name not in self._rooms:
+        new = name not in self._rooms
+        if new:
             self._rooms[name] = False
             self._seq.track(name)
             assert self._sub is not None
             self._sub.subscribe(room_topic(name))
-        reply = _expect(await self.request(Join(room=name)), Joined)
+        try:
+            reply = _expect(await self.request(Join(room=name)), Joined)
+        except ZchatError:
+            # Refused: not a member, so neither subscribed nor waiting for
+            # its events (they would pile up), nor rejoined at a reconnect.
+            if new and self._rooms.get(name) is False:
+                self._forget_room(name)
+            raise
         if name in self._rooms:
             self._rooms[name] = True
-            self._apply(self._seq.joined(name, reply.seq, own_event=not self.quiet))
+            self._apply(self._seq.joined(name, reply.seq, own_event=_own_event(self, reply)))
         return reply
 
     async def part(self, room: str, reason: str | None = None) -> Parted:
         name = normalize_room(room)
         reply = _expect(await self.request(Part(room=name, reason=reason)), Parted)
+        self._forget_room(name)
+        return reply
+
+    def _forget_room(self, name: str) -> None:
         if self._rooms.pop(name, None) is not None and self._sub is not None:
             self._sub.unsubscribe(room_topic(name))
         self._seq.forget(name)
         fetching = self._fetching.pop(name, None)
         if fetching is not None:
             fetching.cancel()
-        return reply
 
     async def who(self, room: str | None = None, *, pages: int = 5) -> WhoReply:
         """Who is in ``room`` (everyone connected without): the broker's pages,
@@ -880,7 +910,8 @@ class Client:
         restarted, base, targets = self._owed
         if now or all(self._seq.caught_up(room, seq) for room, seq in targets.items()):
             self._owed = None
-            self._put(Reconnected(self._stats["repaired"] - base, restarted))
+            lost, self._lost = tuple(self._lost), []
+            self._put(Reconnected(self._stats["repaired"] - base, restarted, lost))
 
     # ----------------------------------------------------- liveness, recovery
 
@@ -957,12 +988,13 @@ class Client:
             reply = await self._ask(Join(room=name))
             if isinstance(reply, Error):
                 log.warning("could not rejoin #%s: %s", name, reply.message)
-                self._rooms[name] = False
+                self._forget_room(name)
+                self._lost.append((name, reply.message))
                 continue
             if name in self._rooms:  # not parted meanwhile
                 self._rooms[name] = True
                 joins[name] = reply.seq
-                self._apply(self._seq.joined(name, reply.seq, own_event=not self.quiet))
+                self._apply(self._seq.joined(name, reply.seq, own_event=_own_event(self, reply)))
         if self._offer is not None:
             await self._ask(Offer(commands=self._offer))
         return joins

@@ -44,7 +44,7 @@ class Command:
     help: str
     run: Handler
     aliases: tuple[str, ...] = ()
-    # What Tab completes in its arguments: "room", "nick", or nothing.
+    # What Tab completes in its first argument: "room", or nicks (as anywhere).
     completes: str = ""
 
     @property
@@ -217,7 +217,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("rooms", "", "rooms with people in them, with their topics", _rooms),
     Command("who", "[ROOM]", "who is in ROOM (the current one by default)", _who, completes="room"),
     Command("whosonline", "", "everyone connected", _whosonline),
-    Command("pm", "NICK TEXT", "a private message", _pm, aliases=("msg",), completes="nick"),
+    Command("pm", "NICK TEXT", "a private message", _pm, aliases=("msg",)),
     Command("me", "TEXT", "an action: * you TEXT", _me),
     Command("nick", "[NICK]", "change your nick (or say what it is)", _nick),
     Command("topic", "[TEXT]", "show or set the room's topic", _topic),

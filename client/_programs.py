@@ -25,9 +25,12 @@ import argparse
 import asyncio
 import contextlib
 import os
+import queue
 import secrets
+import select
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -142,6 +145,73 @@ async def until_stopped(body: Coroutine[Any, Any, int]) -> int:
         for signum in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
+
+
+# ------------------------------------------------------------------- stdin
+
+_Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[str]"]
+_stdin_requests: queue.SimpleQueue[_Request] | None = None
+_unread: list[str] = []  # lines read for a caller that was gone
+
+
+async def read_line() -> str:
+    """The next line of stdin, with its newline ("" at its end).
+
+    Read by a daemon thread, on demand (nothing is read ahead, so another
+    reader of stdin gets the rest), with ``os.read``: a thread of
+    ``asyncio.to_thread`` would be waited for when the program ends, so a
+    signal would wait on stdin for a line that may never come, and a thread
+    blocked inside ``sys.stdin`` holds a lock Python takes at its exit.
+    """
+    global _stdin_requests
+    if _unread:
+        return _unread.pop(0)
+    if _stdin_requests is None:
+        _stdin_requests = queue.SimpleQueue()
+        threading.Thread(
+            target=_read_stdin, args=(_stdin_requests,), name="stdin", daemon=True
+        ).start()
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[str] = loop.create_future()
+    _stdin_requests.put((loop, fut))
+    return await fut
+
+
+def _read_stdin(requests: queue.SimpleQueue[_Request]) -> None:
+    fd = sys.stdin.fileno()
+    encoding, errors = sys.stdin.encoding or "utf-8", sys.stdin.errors or "strict"
+    buf = bytearray()
+    ended = False
+    while True:
+        loop, fut = requests.get()
+        line: str | None = None
+        failure: BaseException | None = None
+        try:
+            while b"\n" not in buf and not ended:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:  # a stdin left non-blocking
+                    select.select([fd], [], [])
+                    continue
+                ended = not chunk
+                buf += chunk
+            end = buf.find(b"\n") + 1 or len(buf)
+            line = bytes(buf[:end]).decode(encoding, errors).replace("\r\n", "\n")
+            del buf[:end]
+        except BaseException as err:  # handed to the reader, in its loop
+            failure = err
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the program ended
+            loop.call_soon_threadsafe(_settle, fut, line, failure)
+
+
+def _settle(fut: asyncio.Future[str], line: str | None, failure: BaseException | None) -> None:
+    if fut.cancelled():
+        if line:
+            _unread.append(line)  # for the next reader
+    elif failure is not None:
+        fut.set_exception(failure)
+    else:
+        fut.set_result(line or "")
 
 
 def run_program(prog: str, body: Callable[[], Coroutine[Any, Any, int]]) -> int:

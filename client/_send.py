@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Sequence
 
 from ._client import valid_room
@@ -17,6 +16,7 @@ from ._programs import (
     exit_status,
     fail,
     make_client,
+    read_line,
     run_program,
 )
 
@@ -93,7 +93,7 @@ async def _lines(texts: list[str] | None) -> AsyncIterator[str]:
             yield text
         return
     while True:
-        line = await asyncio.to_thread(sys.stdin.readline)
+        line = await read_line()
         if not line:
             return
         yield line.rstrip("\n")

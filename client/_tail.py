@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
+import os
 import queue
+import select
 import sys
 import threading
 from collections.abc import Sequence
@@ -86,31 +89,56 @@ class _Lines:
 
 
 class _Writer:
-    """Writes chunks to stdout from a thread, so a slow pipe never blocks the loop."""
+    """Writes chunks to stdout from a thread, so a slow pipe never blocks the
+    loop: at most a few chunks wait for it. The thread is a daemon writing
+    with ``os.write``: a reader stalled for good must not hold the program
+    when it is stopped (the threads of ``asyncio.to_thread`` are waited for
+    at its end, and one blocked inside ``sys.stdout`` holds a lock Python
+    takes at its exit)."""
 
     def __init__(self) -> None:
-        self.q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self.loop = asyncio.get_running_loop()
+        self.q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.room = asyncio.Semaphore(8)
+        self.done: asyncio.Future[None] = self.loop.create_future()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self._run, name="stdout", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        out = sys.stdout.buffer
+        fd = sys.stdout.fileno()
         try:
             while (chunk := self.q.get()) is not None:
-                out.write(chunk)
-                out.flush()
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[os.write(fd, view) :]
+                    except BlockingIOError:  # a stdout left non-blocking
+                        select.select([], [fd], [])
+                self._call(self.room.release)
         except BaseException as err:  # a closed pipe: the caller stops
             self.error = err
+            self._call(self.room.release)  # a write waiting for room sees it
+        self._call(self._finished)
+
+    def _finished(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _call(self, fn: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the program ended
+            self.loop.call_soon_threadsafe(fn)
 
     async def write(self, chunk: bytes) -> None:
-        await asyncio.to_thread(self.q.put, chunk)
+        await self.room.acquire()
         if self.error is not None:
             raise BrokenPipeError("standard output was closed")
+        self.q.put(chunk)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.q.put, None)
-        await asyncio.to_thread(self.thread.join)
+        """Wait until what was written is out."""
+        self.q.put(None)
+        await asyncio.shield(self.done)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -123,14 +151,21 @@ def main(argv: Sequence[str]) -> int:
         client = make_client(args, args.nick or default_nick("tail"), [], quiet=not args.visible)
         await client.start(timeout=args.timeout)
         writer = _Writer()
+        stopped = False
         try:
             return await _follow(client, rooms, args, writer)
         except BrokenPipeError:
             return 0
+        except asyncio.CancelledError:
+            stopped = True  # by a signal
+            raise
         finally:
             await client.close()
             if writer.error is None:
-                await writer.close()
+                # Stopped, the rest gets a second: a reader that stalled for
+                # good must not keep the program from ending.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(writer.close(), 1.0 if stopped else None)
 
     return run_program(PROG, body)
 

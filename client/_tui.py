@@ -38,7 +38,7 @@ from . import _render as r
 from ._client import Client, Disconnected, Reconnected, Repaired, check_endpoint, valid_room
 from ._errors import InvalidInput, ZchatError
 from ._keys import curve_keys, fingerprint
-from ._programs import add_common, run_program
+from ._programs import add_common, read_line, run_program
 
 BACKLOG = 10
 NICK_ERRORS = (Code.NICK_TAKEN, Code.NICK_INVALID, Code.UNAUTHORIZED)
@@ -134,6 +134,14 @@ class ChatUI:
             if item.recovered:
                 text += f"; recovered {item.recovered} missed messages"
             self.show(r.info(text))
+            for where, why in item.lost:
+                self.members.pop(where, None)
+                self.show(r.error(f"could not rejoin #{where}: {why}"))
+                if self.current == where:
+                    rooms = self.client.rooms
+                    self.current = rooms[-1] if rooms else None
+                    if self.current:
+                        self.show(r.info(f"now talking in #{self.current}"))
             if not item.restarted:
                 # Not the burst of a restart: the joins meanwhile were real.
                 for where, nicks in self._rejoined.items():
@@ -153,8 +161,18 @@ class ChatUI:
                 if item.nick != me:
                     self._rejoined.setdefault(item.room, []).append(item.nick)
                 return
-        elif room in self._rejoined and not self._reconnecting:
-            self._flush_rejoins(room)  # told before what came after them
+        elif room in self._rejoined:
+            if not self._reconnecting:
+                self._flush_rejoins(room)  # told before what came after them
+            else:
+                # Whether the broker restarted is not known yet, but one who
+                # speaks, leaves or changes nick now joined first: told first.
+                who = item.old if isinstance(item, NickEvent) else getattr(item, "nick", None)
+                who = getattr(item, "from_", who)
+                held = self._rejoined[room]
+                if who in held:
+                    held.remove(who)
+                    self.show(r.info(f"{who} joined #{room}"))
         if isinstance(item, LeaveEvent):
             self.members.get(item.room, set()).discard(item.nick)
         elif isinstance(item, NickEvent):
@@ -324,7 +342,7 @@ async def _ask(prompt: str, interactive: bool) -> str | None:
         except (EOFError, KeyboardInterrupt):
             return None
     print(prompt, end="", flush=True)
-    line = await asyncio.to_thread(sys.stdin.readline)
+    line = await read_line()
     return line.strip() if line else None
 
 
@@ -389,7 +407,7 @@ async def _run(
 
 async def _plain(ui: ChatUI) -> None:
     while True:
-        line = await asyncio.to_thread(sys.stdin.readline)
+        line = await read_line()
         if not line:
             return
         if not await ui.handle(line):

@@ -25,6 +25,8 @@ _ROOM_RE = re.compile(r"[a-z0-9_\-]{1,32}")
 # terminal escape sequences. Refusing them at the broker means no client
 # ever has to trust another client's text to be harmless on its screen.
 _CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# An id has no line of its own to keep: every control, tab and newline too.
+_ID_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def is_id(rid: object) -> bool:
@@ -33,7 +35,7 @@ def is_id(rid: object) -> bool:
     return (
         isinstance(rid, str)
         and 1 <= len(rid) <= ID_MAX
-        and (rid.isprintable() or _CONTROL_RE.search(rid) is None)
+        and (rid.isprintable() or _ID_CONTROL_RE.search(rid) is None)
     )
 
 

@@ -273,6 +273,10 @@ class Joined(_Reply, tag="joined", kw_only=True, frozen=True):
     # Addition: how many members the room has, sent when ``members`` had to
     # be cut short to keep the reply within the broker's size limit.
     member_count: int | None = None
+    # Addition: true when the session was in the room already (a session
+    # taken over by token, rejoining): nothing was published and ``seq`` is
+    # the room's last event, which is not the joiner's own.
+    already: bool | None = None
 
 
 class Parted(_Reply, tag="parted", kw_only=True, frozen=True):

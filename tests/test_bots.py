@@ -587,8 +587,16 @@ def test_remind_lists_and_forgets(broker: Broker, tmp_path: Path) -> None:
             )
             got = await said(human, lambda i: isinstance(i, PmPush))
             assert got.text == "human: private"
+            # Twenty long ones listed would pass the broker's limit on a
+            # message (and the answer was never sent): as many as fit.
+            for i in range(20):
+                assert "I will say" in await ask(f"!remind {i + 1}h " + "x" * 400)
+            listed = await ask("!reminders")
+            assert listed.startswith("human: 3: in ") and len(listed) <= 3_000
+            shown = listed.count("x" * 400)
+            assert 0 < shown < 20 and listed.endswith(f"; and {20 - shown} more")
 
-    run(body(), 30)
+    run(body(), 60)
     assert remind.parse_duration("1d") == 86400 and remind.describe(5400) == "1h30m"
 
 

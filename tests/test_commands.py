@@ -154,6 +154,32 @@ def test_the_rejoin_burst_after_a_restart_is_one_line(make_broker: Callable[...,
     run(body())
 
 
+def test_who_joined_while_we_were_away_is_told_before_what_they_did(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """Joins repaired during a reconnect were held until "reconnected" (to
+    tell a restart's burst in one line), while the same person's messages
+    and leave were shown at once: "bob left", then "bob joined"."""
+    b = make_broker(store=":memory:")
+
+    async def body() -> None:
+        async with chat(b, "alice", "general") as s:
+            ui = s.ui
+            ui.on_item(Disconnected("no answer"))
+            ui.on_item(JoinEvent(room="general", seq=10, ts=TS, nick="bob"))
+            ui.on_item(JoinEvent(room="general", seq=11, ts=TS, nick="carol"))
+            ui.on_item(MsgEvent(room="general", seq=12, ts=TS, from_="bob", text="hi all"))
+            ui.on_item(LeaveEvent(room="general", seq=13, ts=TS, nick="bob", reason="quit"))
+            ui.on_item(Reconnected(recovered=4, restarted=False))
+            lines = [line for line in s.lines() if "bob" in line or "carol" in line]
+            assert [
+                next(w for w in ("joined", "hi all", "left") if w in line) for line in lines
+            ] == ["joined", "hi all", "left", "joined"], lines
+            assert "bob" in lines[0] and "carol" in lines[-1]
+
+    run(body())
+
+
 def test_a_nick_change_shows_once_for_all_shared_rooms(make_broker: Callable[..., Broker]) -> None:
     """Point 9: a nick change printed once per shared room."""
     b = make_broker(store=":memory:")

@@ -139,6 +139,55 @@ def test_memory_store_restart_restarts_numbering(make_broker: Callable[..., Brok
     run(body(), 60)
 
 
+def test_a_session_taken_back_by_token_does_not_deliver_the_last_event_again(
+    broker: Broker,
+) -> None:
+    """A bot restarted after a crash takes its session back by token and
+    joins its rooms; the broker answers with the room's last seq, an event
+    the last run handled. Taken for the joiner's own join, it was delivered
+    again (the logger bot wrote it twice): ``joined.already`` tells them apart."""
+
+    async def body() -> None:
+        first = Client(broker.endpoint, "keeper")
+        await first.start()
+        ack = await first.say("general", "before the crash")
+        await _until(first, lambda i: isinstance(i, MsgEvent) and i.seq == ack.seq)
+        token = first.token
+        await first.close(quiet=True)  # a crash: no bye, the session lives on
+        async with Client(broker.endpoint, "keeper", token=token) as second:
+            async with Client(broker.endpoint, "other") as other:
+                later = await other.say("general", "after")
+                got = await _until(second, lambda i: isinstance(i, MsgEvent))
+                assert (got.text, got.seq) == ("after", later.seq)
+
+    run(body())
+
+
+def test_a_refused_join_leaves_nothing_behind_and_a_refused_rejoin_is_told(
+    make_broker: Callable[..., Broker],
+) -> None:
+    """A join refused (a limit) stayed followed: its events piled up
+    unreleased and every reconnect asked for it again. And a room the broker
+    would not let the client back into after a restart was dropped silently."""
+    b = make_broker("--rooms-per-session", "2", "--timeout-ms", "3000", "--heartbeat-ms", "500")
+
+    async def body() -> None:
+        async with Client(b.endpoint, "alice", rooms=["general", "dev"]) as alice:
+            with pytest.raises(ZchatError) as refused:
+                await alice.join("third")
+            assert refused.value.code == "limit_reached"
+            assert alice.rooms == ["general", "dev"]
+            b.kill()
+            b.args = (*b.args, "--rooms-per-session", "1")
+            b.start()
+            back = await _until(alice, lambda i: isinstance(i, Reconnected), 30)
+            assert [room for room, _ in back.lost] == ["dev"]
+            assert "rooms" in back.lost[0][1]
+            assert alice.rooms == ["general"]
+
+    run(body(), 60)
+
+
 def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
     make_broker: Callable[..., Broker],
 ) -> None:

@@ -148,6 +148,9 @@ def refused(frame: bytes, **kw: Any) -> ProtocolError:
         (b'{"type": "say", "room": "g", "text": "a\\u009b"}', Code.TEXT_INVALID, "U+009B"),
         (b'{"type": "ping", "id": ""}', Code.BAD_REQUEST, "id"),
         (b'{"type": "ping", "id": "' + b"x" * 65 + b'"}', Code.BAD_REQUEST, "id"),
+        (b'{"type": "ping", "id": "a\\u001b[2J"}', Code.BAD_REQUEST, "control"),
+        (b'{"type": "ping", "id": "fake\\nline"}', Code.BAD_REQUEST, "control"),
+        (b'{"type": "ping", "id": "a\\tb"}', Code.BAD_REQUEST, "control"),
         (b'{"type": "history", "room": "g", "limit": 0}', Code.BAD_REQUEST, "limit"),
         (b'{"type": "history", "room": "g", "after": -1}', Code.BAD_REQUEST, "after"),
         (

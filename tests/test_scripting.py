@@ -499,10 +499,15 @@ def test_every_program_exits_with_the_same_codes(broker: Broker, program: list[s
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-@pytest.mark.parametrize("program", [["tail", "--visible"], ["--room", "general"]])
+@pytest.mark.parametrize(
+    "program",
+    [["tail", "--visible"], ["--room", "general"], ["send", "--visible", "--room", "general"]],
+)
 def test_a_signal_says_goodbye(broker: Broker, zctx: Any, sig: int, program: list[str]) -> None:
     """Point 3: SIGTERM of a tail or a bot left its session behind for 15 s,
-    so a restart within that time got nick_taken."""
+    so a restart within that time got nick_taken. And a program waiting on
+    stdin for a line that does not come (``tail -f log | zchat send``) must
+    end all the same, not wait for the line."""
     watcher = RawClient(zctx, broker.endpoint, broker.events)
     assert watcher.request({"type": "hello", "nick": "watcher"})["type"] == "welcome"
     watcher.subscribe(b"#general\x00")
@@ -533,3 +538,47 @@ def test_a_signal_says_goodbye(broker: Broker, zctx: Any, sig: int, program: lis
     assert again.request({"type": "hello", "nick": "sig"})["type"] == "welcome"
     again.close()
     watcher.close()
+
+
+def test_a_tail_whose_reader_stalled_for_good_still_ends_on_a_signal(
+    make_broker: Callable[..., Broker], zctx: Any
+) -> None:
+    """``zchat tail | less``, less paused, then SIGTERM: the tail waited for
+    its writer thread, blocked on the full pipe, for ever."""
+    import fcntl
+    import termios
+
+    from .chaos import wait_for_reader
+
+    b = make_broker("--rate", "0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client", "tail", "--connect", b.endpoint, "--nick", "t"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+    _started.append(proc)
+    assert proc.stdout is not None
+    wait_for_reader(b.endpoint, "t")
+    sender = RawClient(zctx, b.endpoint)
+    assert sender.request({"type": "hello", "nick": "sender"})["type"] == "welcome"
+    assert sender.request({"type": "join", "room": "general"})["type"] == "joined"
+    pipe = proc.stdout.fileno()
+    capacity = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+
+    levels = [0]
+
+    def full() -> bool:
+        for _ in range(20):
+            assert sender.request({"type": "say", "room": "general", "text": "x" * 2000})
+        waiting = bytearray(4)
+        fcntl.ioctl(pipe, termios.FIONREAD, waiting)
+        levels.append(int.from_bytes(waiting, sys.byteorder))
+        # Mostly full and no longer filling with 40 KB more said: the
+        # writer is blocked (how full depends on its writes' sizes).
+        return levels[-1] > capacity // 2 and levels[-1] == levels[-2]
+
+    wait_until(full, 30, "the tail's stdout to fill")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 128 + signal.SIGTERM
+    sender.close()

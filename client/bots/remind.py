@@ -12,17 +12,22 @@ says each one, late ones as soon as it is back. Each is timed with
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any
 
+from client import InvalidInput, RequestRefused
 from client.bot import Bot, Message
+
+log = logging.getLogger("zchat.bot.remind")
 
 bot = Bot("remind")
 
 MAX_DELAY_S = 30 * 24 * 3600
 MAX_PER_NICK = 20
 MAX_TEXT = 400  # with the nick and a note, well within any broker's limit
+LIST_CHARS = 3_000  # an answer to !reminders, within the broker's 4,000
 LATE_S = 60  # later than this, say when it was due
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(?:\d+[smhd])+")
@@ -77,10 +82,13 @@ async def fire(rid: str) -> None:
             await bot.client.pm(r["nick"], text)
         else:
             await bot.client.say(r["room"], text)
-    finally:
-        # Said or refused (the nick gone, the room left): either way done,
-        # not said again at each start.
-        reminders().pop(rid, None)
+    except (RequestRefused, InvalidInput) as err:
+        # Refused (the nick gone, the room left): done all the same, not
+        # tried again at each start.
+        log.info("reminder %s could not be said: %s", rid, err)
+    # Not when the bot stopped first (cancelled, or its client closed while
+    # the broker was away): then it is still due, said at the next start.
+    reminders().pop(rid, None)
 
 
 @bot.on_start
@@ -125,7 +133,16 @@ def _list(msg: Message, args: str) -> str:
         for rid, r in sorted(reminders().items(), key=lambda kv: kv[1]["due"])
         if r["nick"].lower() == msg.nick.lower()
     ]
-    return f"{msg.nick}: " + ("; ".join(mine) if mine else "no reminders waiting")
+    if not mine:
+        return f"{msg.nick}: no reminders waiting"
+    # Twenty of 400 characters would pass the broker's limit on a message:
+    # as many as fit, and how many more.
+    shown: list[str] = []
+    for n, line in enumerate(mine):
+        if len("; ".join([*shown, line])) + 20 > LIST_CHARS:  # 20: "; and N more"
+            return f"{msg.nick}: " + "; ".join(shown) + f"; and {len(mine) - n} more"
+        shown.append(line)
+    return f"{msg.nick}: " + "; ".join(shown)
 
 
 @bot.command("forget", usage="!forget ID", help="drop one of your reminders")
