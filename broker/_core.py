@@ -722,7 +722,8 @@ class Core:
         return room
 
     def _join(self, s: Session, req: Join, now: float, out: Outbox) -> None:
-        if req.room in s.rooms:
+        already = req.room in s.rooms
+        if already:
             room = self.rooms[req.room]
             seq = room.seq
         else:
@@ -756,6 +757,7 @@ class Core:
                 members=members,
                 seq=seq,
                 member_count=len(present) if len(members) < len(present) else None,
+                already=True if already else None,
             ),
         )
 
