@@ -163,7 +163,9 @@ class Target:
             self.endpoint, self.events = q.get(timeout=30)
             self.pid = self.proc.pid
         else:
-            args = [*LIMITS_ON, "-q", *extra]
+            # --pub-hwm 0 as the proxy's PUB: deliveries are counted, and a
+            # raw SUB has no history to repair what a high-water mark drops.
+            args = [*LIMITS_ON, "--pub-hwm", "0", "-q", *extra]
             workdir = tmp / f"broker-{kind}-{time.monotonic_ns()}"
             workdir.mkdir()
             if kind == "curve":
