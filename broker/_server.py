@@ -49,7 +49,6 @@ from ._config import Config, address_key
 from ._conns import Connections
 from ._core import VERSION, BatchHandler, Core, Outbox, error_reply
 from ._keys import Guard, load_secret, secure
-from ._recent import DEDUP_S
 from ._store import Store, StoreError, StoreFull
 
 log = logging.getLogger("zchat.broker")
@@ -462,19 +461,11 @@ class Server:
         self._send(self._waiting)
 
     def _housekeeping(self, now: float) -> None:
-        """Drop expired pm ids and, with --retain-days, old history, a slice
-        at a time: each in a transaction of its own, never while a write
-        is failing."""
         self._next_housekeeping = now + HOUSEKEEPING_S
-        if self.store.failed:
-            return
         try:
-            self.store.forget_pm_ids(now - DEDUP_S)
-            if self.config.retain_s > 0 and self.store.trim(now - self.config.retain_s) > 0:
-                # More may be due: come back in a second rather than stall
-                # the loop on a big backlog.
-                self._next_housekeeping = now + 1.0
-        except sqlite3.Error as err:
+            if self.store.housekeeping(now, self.config.retain_s):
+                self._next_housekeeping = now + 1.0  # more is due: soon, a slice at a time
+        except (sqlite3.Error, StoreError) as err:
             log.warning("housekeeping of the store failed: %s", err)
 
     # --------------------------------------------------------- reporting
@@ -522,8 +513,7 @@ class Server:
         log.info(
             "store %s: %d rooms, %d events, %d recent request ids; history kept %s",
             where,
-            self.store.room_count(),
-            self.store.count(),
+            *self.store.summary(),
             self.recovered,
             f"{o.retain_days:g} days" if o.retain_days else "forever",
         )

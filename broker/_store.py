@@ -40,23 +40,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import msgspec
+
+from ._backend import Page, RoomState, StoreError, StoreFull
+from ._recent import DEDUP_S
+
+__all__ = ["Page", "RoomState", "Store", "StoreError", "StoreFull"]
 
 SEGMENT_MAX = 256
 # PRAGMA user_version of the schema this code writes; a store with a higher
 # one was made by a newer zchat and is refused rather than misread.
 SCHEMA_VERSION = 2
 OUR_TABLES = {"segments", "events", "topics", "pm_ids", "meta", "nick_keys"}
-
-
-class StoreError(Exception):
-    """The store cannot be used: the message names the file and the reason."""
-
-
-class StoreFull(StoreError):
-    """A commit failed for want of room; what it held is kept for the next."""
 
 
 def _explain(err: sqlite3.Error) -> str:
@@ -107,12 +103,6 @@ CREATE TABLE IF NOT EXISTS nick_keys (
     used REAL NOT NULL DEFAULT 0  -- when its owner last used it (0: unknown)
 ) WITHOUT ROWID;
 """
-
-
-@dataclass(frozen=True, slots=True)
-class RoomState:
-    last_seq: int
-    topic: str
 
 
 class _Open:
@@ -511,6 +501,14 @@ class Store:
         newest.reverse()
         return newest, False
 
+    def page(
+        self, room: str, *, after: int | None, before: int | None, limit: int, max_bytes: int
+    ) -> Page:
+        events, more = self.history(
+            room, after=after, before=before, limit=limit, max_bytes=max_bytes
+        )
+        return Page(events, more, self.first_seq(room))
+
     def first_seq(self, room: str) -> int | None:
         """The seq of the oldest event kept for ``room``, None when none is."""
         self.flush()
@@ -546,6 +544,19 @@ class Store:
             (before, limit),
         )
         return cur.rowcount
+
+    def housekeeping(self, now: float, retain_s: float) -> bool:
+        """Forget pm ids past the dedup window and, with ``retain_s``,
+        history older than it, a slice at a time, each in a transaction of
+        its own; True when more history is due (come back soon rather than
+        stall the loop on a big backlog). Nothing while a write is failing."""
+        if self.failed:
+            return False
+        self.forget_pm_ids(now - DEDUP_S)
+        return retain_s > 0 and self.trim(now - retain_s) > 0
+
+    def summary(self) -> tuple[int, int]:
+        return self.room_count(), self.count()
 
     def forget_pm_ids(self, before: float) -> None:
         # Its own transaction when no batch is open (the connection is in

@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import messages as m
 from broker import Config, Core, Outbox, Store, error_reply
@@ -650,3 +652,35 @@ def test_once_a_write_failed_in_a_batch_its_later_writes_are_refused() -> None:
     assert isinstance(w.ask(b"b", m.Join(room="r")), m.Joined)
     events, _ = w.store.history("r", after=0, before=None, limit=10)
     assert [m.decode_event(e).seq for e in events] == [1, 2, 3]
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"b"]),
+            st.sampled_from(["general", "dev", "nowhere"]),
+            st.sampled_from([None, "1", "2", "3"]),
+            st.floats(min_value=0, max_value=0.6),
+        ),
+        max_size=40,
+    )
+)
+def test_a_say_answers_alike_on_the_batch_path_and_the_general_one(
+    says: list[tuple[bytes, str, str | None, float]],
+) -> None:
+    """The batch's own path for say (Core.batch) is a copy, written out for
+    speed, of the handler every other request goes through: same replies,
+    events and buckets, resends, refusals and rate limits included."""
+    worlds = [World(rate=5.0, burst=3, address_rate=8.0, address_burst=5) for _ in range(2)]
+    worlds[1].core.fast_say = False
+    seen: list[list[Any]] = [[], []]
+    for w, log in zip(worlds, seen, strict=True):
+        w.hello(b"a", "alice", "general")
+        w.hello(b"b", "bob", "general", "dev")
+        w.now += 10
+        for ident, room, rid, dt in says:
+            w.now += dt
+            log.append(w.send(ident, m.Say(room=room, text="hi", id=rid)))
+        log.append(w.published)
+    assert seen[0] == seen[1]

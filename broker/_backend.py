@@ -1,0 +1,103 @@
+"""The seam between the broker's core and where its state lives.
+
+The core (``_core.py``) numbers and encodes events and decides everything;
+what it keeps outside its own memory (room events and their history, topics,
+request ids of private messages, nick claims) goes through :class:`Backend`,
+which the single broker implements with SQLite (``_store.py``) and a
+cluster of brokers with Redis (``_redis.py``). The core never knows which.
+
+Writes are buffered for the batch and made durable by :meth:`Backend.commit`,
+called by the shell once per batch before anything of it is published or
+acknowledged. Reads see every write added before them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """The store cannot be used; the message says why, in one line."""
+
+
+class StoreFull(StoreError):
+    """A commit failed for want of room; what it held is kept for the next."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    last_seq: int
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of a room's history: event bodies, oldest first."""
+
+    events: list[bytes]
+    more: bool  # more events lie beyond the page, in the direction asked
+    first: int | None  # the seq of the oldest event kept, None when none is
+
+
+class Backend(Protocol):
+    """Where a broker keeps what outlives a batch (see the module's text)."""
+
+    # Names the store: a client seeing it change knows seqs may be reused.
+    store_id: str
+    # A write of the open batch failed: the batch must not be answered from
+    # reads (a room's last seq misses what the batch made).
+    failed: bool
+
+    # -- writes, buffered until commit
+    def add(self, room: str, seq: int, body: bytes, at: float) -> None:
+        """Add the event ``seq`` of ``room``, encoded as ``body``."""
+
+    def set_topic(self, room: str, topic: str) -> None: ...
+
+    def add_pm_id(self, sender: str, req_id: str, at: float, reply: bytes) -> None:
+        """Remember the ack of a private message, for resends after a restart."""
+
+    def set_nick_claim(self, nick: str, key: str, used: float) -> None: ...
+
+    def drop_nick_claim(self, nick: str) -> None: ...
+
+    def commit(self) -> None:
+        """Make the batch durable.
+
+        Raises:
+            StoreFull: no room; everything is kept for the next commit.
+            StoreError: the store failed otherwise.
+        """
+
+    # -- reads
+    def room_state(self, room: str) -> RoomState | None:
+        """The last seq and topic of ``room``; None when it has no events."""
+
+    def page(
+        self, room: str, *, after: int | None, before: int | None, limit: int, max_bytes: int
+    ) -> Page:
+        """Up to ``limit`` events of ``room`` taking at most ``max_bytes``
+        (but at least one): those just after ``after``, else those just
+        before ``before`` or the end."""
+
+    def recent_events(self, since: float) -> Iterator[bytes]:
+        """Bodies of the events stored since ``since`` (perhaps a few more)."""
+
+    def recent_pm_acks(self, since: float) -> Iterator[tuple[str, str, bytes]]:
+        """``(sender, req_id, ack)`` of each ``pm`` acknowledged since ``since``."""
+
+    def nick_claims(self) -> dict[str, tuple[str, float]]: ...
+
+    def nick_claim(self, nick: str) -> tuple[str, float] | None: ...
+
+    # -- upkeep, by the shell
+    def housekeeping(self, now: float, retain_s: float) -> bool:
+        """Forget what has expired (request ids, history past ``retain_s``
+        when it is positive), a slice at a time; True when more is due."""
+
+    def summary(self) -> tuple[int, int]:
+        """How many rooms and events the store holds (for the start-up log)."""
+
+    def close(self) -> None: ...
