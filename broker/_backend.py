@@ -97,7 +97,58 @@ class Backend(Protocol):
         """Forget what has expired (request ids, history past ``retain_s``
         when it is positive), a slice at a time; True when more is due."""
 
-    def summary(self) -> tuple[int, int]:
-        """How many rooms and events the store holds (for the start-up log)."""
+    def summary(self) -> str:
+        """What the store holds or where it is, for the start-up log."""
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A session as the cluster knows it (see ``_cluster.py``)."""
+
+    nick: str
+    node: str
+    token_hash: str
+    peer_key: str
+    quiet: bool
+    rooms: list[str]
+    active: float
+
+
+class Directory(Protocol):
+    """Sessions and room members across the nodes of a cluster: what a
+    single broker knows from its own memory. Methods that decide (create,
+    take, rename) ask at once; the others are written with the batch."""
+
+    node: str
+
+    def find(self, key: str) -> SessionRecord | None: ...
+
+    def create(
+        self, key: str, nick: str, token: str, peer_key: str | None, quiet: bool, now: float
+    ) -> bool:
+        """Register a new session; False when the nick is in use on a node."""
+
+    def take(self, key: str, token: str, peer_key: str | None, now: float) -> SessionRecord | None:
+        """Move the session to this node, if the token is its own."""
+
+    def rename(self, old: str, new: str, nick: str, rooms: list[str], quiet: bool) -> bool: ...
+
+    def joined(self, room: str, key: str, nick: str, quiet: bool) -> None: ...
+
+    def left(self, room: str, key: str) -> None: ...
+
+    def ended(self, key: str) -> None: ...
+
+    def members(self, room: str) -> list[tuple[str, bool]]:
+        """``(nick, quiet)`` of everyone in ``room``, on every node."""
+
+    def who(self, room: str | None, now: float) -> list[tuple[str, int, bool]]:
+        """``(nick, idle ms, quiet)`` of everyone (in ``room``), on every node."""
+
+    def rooms(self) -> list[tuple[str, str, list[tuple[str, bool]]]]:
+        """``(name, topic, members)`` of every room with people in it."""
+
+    def deliver(self, node: str, key: str, frame: bytes) -> None:
+        """Send a private message to the session ``key`` on ``node``."""

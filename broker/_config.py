@@ -129,6 +129,29 @@ class Config:
         metavar="N",
         group="store",
     )
+    cluster: str | None = _opt(
+        None,
+        "run as a node of a cluster whose rooms, sessions and history are in this "
+        "Redis or Valkey (redis://HOST:PORT/DB or rediss://...; a password from the URL "
+        "or ZCHAT_REDIS_PASSWORD); --store is then not used",
+        metavar="URL",
+        group="cluster",
+    )
+    cluster_max_events: int = _opt(
+        0,
+        "in a cluster, keep about the last N events of each room (Redis MAXLEN); "
+        "0 keeps everything",
+        parse=_count,
+        metavar="N",
+        group="cluster",
+    )
+    node_endpoint: str | None = _opt(
+        None,
+        "in a cluster, the ROUTER endpoint other nodes' clients can reach this node "
+        "at, listed in 'welcome' (default: the bound one)",
+        metavar="EP",
+        group="cluster",
+    )
     # ----------------------------------------------------------- sessions
     heartbeat_ms: int = _opt(
         5_000,
@@ -343,6 +366,7 @@ def flags() -> list[dataclasses.Field[Any]]:
 GROUPS = {
     "": None,
     "store": "history store",
+    "cluster": "cluster (several brokers sharing one Redis)",
     "sessions": "sessions",
     "rates": "rate limits (token buckets)",
     "held": "what the broker holds",

@@ -101,7 +101,7 @@ from messages import (
     room_topic,
 )
 
-from ._backend import Backend
+from ._backend import Backend, Directory, SessionRecord
 from ._claims import Claims
 from ._config import KIB, MIB, Config
 from ._recent import DEDUP_S, ENTRY_MAX_BYTES, Recent, dedup_key
@@ -210,12 +210,14 @@ class Session:
 
 
 class Room:
-    __slots__ = ("members", "name", "pub_topic", "seq", "topic")
+    __slots__ = ("members", "name", "pub_topic", "published", "seq", "topic")
 
     def __init__(self, name: str, seq: int = 0, topic: str = "") -> None:
         self.name = name
         self.pub_topic = room_topic(name)
         self.seq = seq
+        # In a cluster: the last seq this node republished (see _cluster.py).
+        self.published = seq
         self.topic = topic
         self.members: dict[Session, None] = {}
 
@@ -271,9 +273,18 @@ class Core:
         epoch: this run's identity, new at every start.
     """
 
-    def __init__(self, config: Config, store: Backend, *, epoch: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Backend,
+        *,
+        epoch: str | None = None,
+        directory: Directory | None = None,
+    ) -> None:
         self.config = config
         self.store = store
+        # In a cluster, who is where on the other nodes; None on a single broker.
+        self.directory = directory
         self.epoch = epoch or secrets.token_hex(6)
         self.sessions: OrderedDict[bytes, Session] = OrderedDict()
         self.nicks: dict[str, Session] = {}
@@ -652,6 +663,18 @@ class Core:
             tokens = self._admit(a, now)
             self._check_nick_free(None, req.nick, peer_key, now)
             session = Session(ident, req.nick, now, tokens, peer_key, a, bool(req.quiet))
+            rooms: list[str] = []
+            d = self.directory
+            if d is not None and not d.create(
+                key, req.nick, session.token, peer_key, session.quiet, now
+            ):
+                # In use on another node: the owner of its token moves here.
+                taken = None if req.token is None else d.take(key, req.token, peer_key, now)
+                if taken is None:
+                    raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
+                session = Session(ident, taken.nick, now, tokens, peer_key, a, taken.quiet)
+                session.token = req.token or session.token
+                rooms = taken.rooms
             a.sessions += 1
             self._idle_addresses.discard(a.name)
             self.sessions[ident] = session
@@ -659,6 +682,13 @@ class Core:
             self.skeletons[session.skeleton] = session
             if self.claims is not None:
                 self.claims.use(key, peer_key, now)
+            for name in rooms:
+                try:
+                    room = self._room(name)
+                except ProtocolError:
+                    continue  # this node is full of rooms: the client will see it lost one
+                session.rooms[name] = None
+                room.members[session] = None
         out.reply(ident, self._welcome(session, req.id))
 
     def hold(self, ident: bytes, push: bytes) -> str | None:
@@ -739,6 +769,8 @@ class Core:
             room = self._room(req.room)
             s.rooms[req.room] = None
             room.members[s] = None
+            if self.directory is not None:
+                self.directory.joined(room.name, s.key, s.nick, s.quiet)
             if s.quiet:
                 seq = room.seq  # no event: the last one is where it comes in
             else:
@@ -749,7 +781,12 @@ class Core:
                     now,
                     out,
                 )
-        present = [m.nick for m in room.members if not m.quiet]
+        if self.directory is None:
+            present = [m.nick for m in room.members if not m.quiet]
+        else:
+            present = [nick for nick, quiet in self.directory.members(room.name) if not quiet]
+            if not s.quiet and s.nick not in present:
+                present.append(s.nick)  # (its own entry is written with the batch)
         members = _fit(present, self._page - len(room.topic.encode()) * 2)
         out.reply(
             s.ident,
@@ -776,6 +813,8 @@ class Core:
         room = self.rooms[room_name]
         del s.rooms[room_name]
         del room.members[s]
+        if self.directory is not None:
+            self.directory.left(room_name, s.key)
         if not s.quiet:
             self._event(
                 room,
@@ -844,6 +883,9 @@ class Core:
         if self._repeat(s, req.id, out):
             return
         target = self.nicks.get(nick_key(req.to))
+        if target is None and self.directory is not None:
+            self._pm_elsewhere(s, req, now, out)
+            return
         if target is None:
             raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.to!r} is online")
         ts = format_ts(now)
@@ -867,7 +909,34 @@ class Core:
             self.store.add_pm_id(s.key, req.id, now, ack)
         out.replies.append((s.ident, ack))
 
+    def _pm_elsewhere(self, s: Session, req: Pm, now: float, out: Outbox) -> None:
+        """A private message to a session on another node of the cluster."""
+        assert self.directory is not None
+        key = nick_key(req.to)
+        rec = self.directory.find(key)
+        if rec is None:
+            raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.to!r} is online")
+        ts = format_ts(now)
+        push = encode(PmPush(from_=s.nick, to=rec.nick, text=req.text, ts=ts))
+        self.directory.deliver(rec.node, key, push)
+        ack = encode(Ack(id=req.id, to=rec.nick, ts=ts))
+        if req.id is not None:
+            self.recent.add(s.dedup + req.id, ack, now)
+            self.store.add_pm_id(s.key, req.id, now, ack)
+        out.replies.append((s.ident, ack))
+
     def _who(self, s: Session, req: Who, now: float, out: Outbox) -> None:
+        if self.directory is not None:
+            found = sorted(self.directory.who(req.room, now), key=lambda u: nick_key(u[0]))
+            users, more = _page(
+                found,
+                lambda u: nick_key(u[0]),
+                req.after,
+                lambda u: WhoUser(nick=u[0], idle_ms=u[1], quiet=u[2]),
+                self._page,
+            )
+            out.reply(s.ident, WhoReply(id=req.id, room=req.room, users=users, more=more))
+            return
         if req.room is None:
             members: Iterable[Session] = self.nicks.values()
         else:
@@ -895,6 +964,23 @@ class Core:
                 member_count=len(names) if len(shown) < len(names) else None,
             )
 
+        if self.directory is not None:
+
+            def listed(r: tuple[str, str, list[tuple[str, bool]]]) -> RoomInfo:
+                names = [nick for nick, quiet in r[2] if not quiet]
+                shown = names[:ROOMS_MEMBERS_MAX]
+                return RoomInfo(
+                    name=r[0],
+                    topic=r[1],
+                    members=shown,
+                    member_count=len(names) if len(shown) < len(names) else None,
+                )
+
+            found, more = _page(
+                self.directory.rooms(), lambda r: r[0], req.after, listed, self._page
+            )
+            out.reply(s.ident, RoomsReply(id=req.id, rooms=found, more=more))
+            return
         rooms, more = _page(
             sorted(self.rooms.values(), key=lambda r: r.name),
             lambda r: r.name,
@@ -930,6 +1016,10 @@ class Core:
                 # to a full bucket.
                 rooms = 0 if s.quiet else len(s.rooms)
                 self._spend(s, now, max(1, min(rooms, self.config.burst)))
+            if self.directory is not None and not self.directory.rename(
+                s.key, new_key, req.nick, list(s.rooms), s.quiet
+            ):
+                raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
             del self.nicks[s.key]
             if self.skeletons.get(s.skeleton) is s:
                 del self.skeletons[s.skeleton]
@@ -1000,6 +1090,11 @@ class Core:
     ) -> None:
         for name in list(s.rooms):
             self._leave(s, name, reason, now, out, text)
+        if self.directory is not None:
+            self.directory.ended(s.key)
+        self._forget(s, now)
+
+    def _forget(self, s: Session, now: float) -> None:
         del self.sessions[s.ident]
         del self.nicks[s.key]
         if self.skeletons.get(s.skeleton) is s:
@@ -1015,6 +1110,49 @@ class Core:
             a.carry, a.carry_at = left, now
         if a.sessions == 0:
             self._idle_addresses.add(a.name)
+
+    # ------------------------------------------------------------ cluster
+
+    def reaped(self, key: str, rec: SessionRecord, now: float, out: Outbox) -> None:
+        """A session of a node that died timed out: one ``timeout`` leave in
+        each of its rooms, published by this node for it."""
+        assert self.directory is not None
+        for name in rec.rooms:
+            loaded = name in self.rooms
+            try:
+                room = self._room(name)
+            except ProtocolError:
+                continue
+            self.directory.left(name, key)
+            if not rec.quiet:
+                self._event(
+                    room,
+                    LeaveEvent(
+                        room=name,
+                        seq=self._next(room),
+                        ts=format_ts(now),
+                        nick=rec.nick,
+                        reason="timeout",
+                    ),
+                    now,
+                    out,
+                )
+            if not loaded and not room.members:
+                del self.rooms[name]
+
+    def moved_away(self, key: str, now: float) -> None:
+        """The session ``key`` went on with its token on another node: forget
+        it here, with no leave (its rooms go on there)."""
+        s = self.nicks.get(key)
+        if s is None:
+            return
+        for name in list(s.rooms):
+            room = self.rooms[name]
+            del room.members[s]
+            if not room.members:
+                del self.rooms[name]
+        s.rooms.clear()
+        self._forget(s, now)
 
     # ------------------------------------------------------------- time
 

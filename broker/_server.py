@@ -35,6 +35,7 @@ import gc
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -45,10 +46,13 @@ import zmq
 
 from messages import NOTICE_TOPIC, Code, Hello, ProtocolError, Say, decode_request, key_fingerprint
 
+from ._backend import Backend
+from ._cluster import Cluster, apply_results
 from ._config import Config, address_key
 from ._conns import Connections
 from ._core import VERSION, BatchHandler, Core, Outbox, error_reply
 from ._keys import Guard, load_secret, secure
+from ._redis import RedisBackend
 from ._store import Store, StoreError, StoreFull
 
 log = logging.getLogger("zchat.broker")
@@ -109,14 +113,33 @@ class Server:
     """
 
     def __init__(self, config: Config) -> None:
-        self.store = Store(config.store, fsync=config.fsync, max_mb=config.store_max_mb)
+        self.cluster: Cluster | None = None
+        self.store: Backend
+        if config.cluster is not None:
+            self.store = RedisBackend(
+                config.cluster, node=secrets.token_hex(4), maxlen=config.cluster_max_events
+            )
+        else:
+            self.store = Store(config.store, fsync=config.fsync, max_mb=config.store_max_mb)
         try:
             self._open_sockets(config)
         except BaseException:
             self.store.close()
             raise
         self.config = config.replace(events=config.advertise or self.pub_endpoint)
-        self.core = Core(self.config, self.store)
+        if isinstance(self.store, RedisBackend):
+            try:
+                self.cluster = Cluster(
+                    self.store,
+                    node=self.store.node,
+                    endpoint=config.node_endpoint or self.bind_endpoint,
+                    timeout_s=config.timeout_ms / 1000,
+                )
+            except BaseException:
+                self._close_sockets()
+                self.store.close()
+                raise
+        self.core = Core(self.config, self.store, directory=self.cluster)
         self.recovered = self.core.load_recent(time.time())
         self.stopping = False
         self._forgotten_reported = 0
@@ -204,6 +227,9 @@ class Server:
         poller.register(wake_r.fileno(), zmq.POLLIN)
         for mon in self.conns.sockets:
             poller.register(mon, zmq.POLLIN)
+        cluster = self.cluster
+        cluster_fd = -1
+        publish = self._publish
         self._announce()
         # What exists now (modules, config, the loaded store state) lives as
         # long as the broker: the collector need not scan it again. A busy
@@ -226,16 +252,26 @@ class Server:
                     # Wake often enough to notice the process growing fast
                     # (a message of millions of frames) and stop it midway.
                     wait = min(wait, WAKE_MS)
+                if cluster is not None and cluster.fileno() != cluster_fd:
+                    # (A new connection after the old one was lost.)
+                    if cluster_fd >= 0:
+                        poller.unregister(cluster_fd)
+                    cluster_fd = cluster.fileno()
+                    poller.register(cluster_fd, zmq.POLLIN)
                 ready = dict(poller.poll(wait))
                 now = time.time()
                 mono = time.monotonic()
                 conns.events(mono)
                 self._subscriptions()
+                if cluster is not None:
+                    cluster.pump(core, out, publish)
                 if router in ready:
                     self._read(core.batch(now, out), out)
                 if wake_r.fileno() in ready:
                     self._drain_wakeups(wake_r)
                 core.expire(now, out)
+                if cluster is not None and not core.read_only:
+                    cluster.tick(now, core, out, publish)
                 if core.recent.forgotten_early != self._forgotten_reported:
                     self._report_forgotten(now)
                 if out:
@@ -371,7 +407,18 @@ class Server:
             return
         self._send(out)
 
+    def _publish(self, topic: bytes, body: bytes) -> None:
+        """An event of the cluster (any node's, durable already), as it
+        comes in seq order from the relay (see _cluster.py)."""
+        _send(self.pub, topic, _SNDMORE)
+        _send(self.pub, body)
+
     def _send(self, out: Outbox) -> None:
+        if self.cluster is not None:
+            # Numbered for good by Redis now; the relay publishes the events.
+            assert isinstance(self.store, RedisBackend)
+            apply_results(self.store, self.core, out)
+            out.events.clear()
         self._subscriptions()  # a subscriber that came before this batch gets it
         pub = self.pub
         send = _send
@@ -509,11 +556,9 @@ class Server:
         log.info("zchat-broker %s, epoch %s", VERSION, self.core.epoch)
         log.info("requests on %s (ROUTER)", self.bind_endpoint)
         log.info("events   on %s (XPUB), advertised as %s", self.pub_endpoint, self.config.events)
-        where = "in memory (nothing survives a restart)" if o.store == ":memory:" else o.store
         log.info(
-            "store %s: %d rooms, %d events, %d recent request ids; history kept %s",
-            where,
-            *self.store.summary(),
+            "store %s; %d recent request ids; history kept %s",
+            self.store.summary(),
             self.recovered,
             f"{o.retain_days:g} days" if o.retain_days else "forever",
         )

@@ -555,8 +555,9 @@ class Store:
         self.forget_pm_ids(now - DEDUP_S)
         return retain_s > 0 and self.trim(now - retain_s) > 0
 
-    def summary(self) -> tuple[int, int]:
-        return self.room_count(), self.count()
+    def summary(self) -> str:
+        where = "in memory (nothing survives a restart)" if self.path == ":memory:" else self.path
+        return f"{where}: {self.room_count()} rooms, {self.count()} events"
 
     def forget_pm_ids(self, before: float) -> None:
         # Its own transaction when no batch is open (the connection is in

@@ -1,0 +1,445 @@
+"""A node of a cluster: sessions, members and events shared through Redis.
+
+Theory of operation. Each node keeps its own ROUTER and PUB for its own
+clients, and :class:`Cluster` keeps what the nodes share:
+
+* Sessions. A session is a hash ``zchat:{s}:<nick key>`` (nick, node, a
+  hash of its token, its CURVE key, its rooms) created only if absent, so a
+  nick is unique across the cluster. Its node renews its lease (a deadline
+  in the sorted set ``zchat:{s}:leases``) every second; a client that moves
+  to another node hands its token over (:meth:`Cluster.take`) and keeps its
+  rooms, with no leave or join, and the old node is told to forget it.
+  When a node dies its sessions' leases run out, and a reaper (any node,
+  once a second, each session under the atomic removal of its lease) ends
+  each with one ``timeout`` leave per room.
+* Members. ``zchat:{room}:members`` maps the nick keys of a room's members,
+  on every node, to their nicks, for ``joined``, ``who`` and ``rooms``.
+* Events. Every node subscribes to ``zchat:events`` (see ``_redis.py``) and
+  republishes, on its PUB, the events of the rooms it has members in, in seq
+  order; a jump in seq is filled from the room's stream first. The channel
+  is probed when quiet (a pub/sub connection can hang after a failover and
+  deliver nothing while looking healthy): when the probe does not come back,
+  the node connects again and fills every room from its stream.
+* Private messages to a session on another node go on that node's channel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import redis
+
+from messages import Ack, Joined, decode_reply, encode
+
+from ._backend import SessionRecord
+from ._redis import EVENTS_CHANNEL, PREFIX, RedisBackend, room_key
+
+if TYPE_CHECKING:
+    from ._core import Core, Outbox
+
+log = logging.getLogger("zchat.broker")
+
+LEASES = PREFIX + "{s}:leases"
+ROOMS = PREFIX + "{s}:rooms"
+NODES = PREFIX + "{s}:nodes"
+TICK_S = 1.0
+PROBE_QUIET_S = 2.0
+PROBE_WAIT_S = 3.0
+REAP_BATCH = 100
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'nick', ARGV[1], 'node', ARGV[2], 'tok', ARGV[3],
+           'pk', ARGV[4], 'quiet', ARGV[5], 'active', ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[6], KEYS[1])
+return 1
+"""
+
+_TAKE = """
+local rec = redis.call('HMGET', KEYS[1], 'tok', 'pk', 'node')
+if not rec[1] then return 0 end
+if rec[1] ~= ARGV[1] or rec[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'node', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+if rec[3] ~= ARGV[3] then
+  redis.call('PUBLISH', ARGV[5] .. rec[3], 'moved ' .. KEYS[1])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+_END = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], KEYS[1])
+  return 1
+end
+return 0
+"""
+
+_REAP = """
+local score = redis.call('ZSCORE', KEYS[1], KEYS[2])
+if not score or tonumber(score) > tonumber(ARGV[1]) then return 0 end
+redis.call('ZREM', KEYS[1], KEYS[2])
+local rec = redis.call('HGETALL', KEYS[2])
+redis.call('DEL', KEYS[2])
+return rec
+"""
+
+_RENAME = """
+if KEYS[1] ~= KEYS[2] then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+  local all = redis.call('HGETALL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[3], KEYS[1])
+  if #all > 0 then redis.call('HSET', KEYS[2], unpack(all)) end
+  redis.call('ZADD', KEYS[3], ARGV[3], KEYS[2])
+end
+redis.call('HSET', KEYS[2], 'nick', ARGV[1], 'node', ARGV[2])
+return 1
+"""
+
+
+def session_key(key: str) -> str:
+    return f"{PREFIX}{{s}}:u:{key}"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class _RoomSeq(msgspec.Struct):
+    room: str
+    seq: int
+
+
+_room_seq = msgspec.json.Decoder(_RoomSeq)
+
+
+def _record(fields: dict[bytes, bytes]) -> SessionRecord:
+    text = {k.decode(): v.decode() for k, v in fields.items()}
+    return SessionRecord(
+        nick=text.get("nick", ""),
+        node=text.get("node", ""),
+        token_hash=text.get("tok", ""),
+        peer_key=text.get("pk", ""),
+        quiet=text.get("quiet") == "1",
+        rooms=[k[2:] for k in text if k.startswith("r:")],
+        active=float(text.get("active", "0") or 0),
+    )
+
+
+class Cluster:
+    """The :class:`~._backend.Directory` of a node, its relay of events and
+    its upkeep (leases, reaping, probing)."""
+
+    def __init__(self, backend: RedisBackend, *, node: str, endpoint: str, timeout_s: float):
+        self.backend = backend
+        self.r: Any = backend.r
+        self.node = node
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.node_channel = f"{PREFIX}node:{node}".encode()
+        self._create = self.r.register_script(_CREATE)
+        self._take = self.r.register_script(_TAKE)
+        self._end = self.r.register_script(_END)
+        self._reap = self.r.register_script(_REAP)
+        self._rename = self.r.register_script(_RENAME)
+        self._next_tick = 0.0
+        self._probe_sent: float | None = None
+        self._probes = 0
+        self._heard = time.monotonic()
+        self.nodes: list[str] = []
+        self.reconnects = 0
+        self.repaired = 0
+        self.ps: Any = None
+        self._subscribe()
+
+    # ---------------------------------------------------------- pub/sub
+
+    def _subscribe(self) -> None:
+        if self.ps is not None:
+            try:
+                self.ps.close()
+            except redis.RedisError:
+                pass
+        self.ps = self.r.pubsub()
+        self.ps.subscribe(EVENTS_CHANNEL, self.node_channel)
+        # Confirmed before anything is written: an event published before
+        # the subscription took would reach this node only by repair.
+        confirmed = 0
+        deadline = time.monotonic() + 5.0
+        while confirmed < 2 and time.monotonic() < deadline:
+            msg = self.ps.get_message(timeout=0.5)
+            if msg is not None and msg["type"] == "subscribe":
+                confirmed += 1
+        if confirmed < 2:
+            raise redis.ConnectionError("the subscription to zchat:events was not confirmed")
+        self._heard = time.monotonic()
+        self._probe_sent = None
+
+    def fileno(self) -> int:
+        return int(self.ps.connection._sock.fileno())
+
+    def pump(self, core: Core, out: Outbox, publish: Callable[[bytes, bytes], None]) -> None:
+        """Take what arrived on the node's channels: events to republish,
+        private messages to deliver, sessions taken by another node."""
+        try:
+            while True:
+                msg = self.ps.get_message(timeout=0)
+                if msg is None:
+                    return
+                self._heard = time.monotonic()
+                if msg["type"] != "message":
+                    continue
+                data: bytes = msg["data"]
+                if msg["channel"] == EVENTS_CHANNEL:
+                    self._relay(core, data, publish)
+                elif data.startswith(b"pm "):
+                    key, _, frame = data[3:].partition(b"\n")
+                    s = core.nicks.get(key.decode())
+                    if s is not None:
+                        out.pushes.append((s.ident, frame))
+                elif data.startswith(b"moved "):
+                    core.moved_away(data[6:].decode().rpartition(":u:")[2], time.time())
+                elif data.startswith(b"probe "):
+                    self._probe_sent = None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
+            self._reconnect(core, publish, str(err))
+
+    def _relay(self, core: Core, body: bytes, publish: Callable[[bytes, bytes], None]) -> None:
+        head = _room_seq.decode(body)
+        room = core.rooms.get(head.room)
+        if room is None or head.seq <= room.published:
+            return  # nobody here is in it, or it went out already
+        if head.seq > room.published + 1:
+            self._fill(room, head.seq - 1, publish)
+        publish(room.pub_topic, body)
+        room.published = head.seq
+        if head.seq > room.seq:
+            room.seq = head.seq
+
+    def _fill(self, room: Any, upto: int | None, publish: Callable[[bytes, bytes], None]) -> None:
+        for seq, body in self.backend.log_range(room.name, room.published, upto):
+            publish(room.pub_topic, body)
+            room.published = seq
+            self.repaired += 1
+            if seq > room.seq:
+                room.seq = seq
+
+    def _reconnect(self, core: Core, publish: Callable[[bytes, bytes], None], why: str) -> None:
+        log.warning("the Redis subscription was lost (%s); connecting again", why)
+        self.reconnects += 1
+        try:
+            self._subscribe()
+            for room in list(core.rooms.values()):
+                self._fill(room, None, publish)
+        except (redis.RedisError, OSError) as err:
+            log.error("cannot subscribe to Redis again: %s (retrying)", err)
+            self._probe_sent = time.monotonic()  # try again at the next tick
+
+    # ------------------------------------------------------------ upkeep
+
+    def tick(
+        self, now: float, core: Core, out: Outbox, publish: Callable[[bytes, bytes], None]
+    ) -> None:
+        """Once a second: renew the leases of this node's sessions, reap
+        those of dead nodes, keep the list of nodes, probe the channel."""
+        mono = time.monotonic()
+        if mono < self._next_tick:
+            return
+        self._next_tick = mono + TICK_S
+        try:
+            if self._probe_sent is not None and mono - self._probe_sent > PROBE_WAIT_S:
+                self._reconnect(core, publish, "a probe did not come back")
+            elif self._probe_sent is None and mono - self._heard > PROBE_QUIET_S:
+                self._probes += 1
+                self._probe_sent = mono
+                self.r.publish(self.node_channel, b"probe %d" % self._probes)
+            self._renew(now, core)
+            self._reap_due(now, core, out)
+        except redis.RedisError as err:
+            log.warning("cluster upkeep failed: %s", err)
+
+    def _renew(self, now: float, core: Core) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        deadline = now + self.timeout_s
+        pipe.hset(NODES, self.node, f"{self.endpoint} {now + 3 * TICK_S + 2}")
+        for s in core.sessions.values():
+            k = session_key(s.key)
+            pipe.zadd(LEASES, {k: deadline}, xx=True)
+            pipe.hset(k, "active", f"{s.last_active:.3f}")
+        pipe.hgetall(NODES)
+        found = pipe.execute()[-1]
+        nodes = []
+        for node, value in found.items():
+            endpoint, _, until = value.decode().rpartition(" ")
+            if float(until) >= now:
+                nodes.append(endpoint)
+            elif node.decode() != self.node:
+                self.r.hdel(NODES, node)
+        self.nodes = sorted(nodes)
+
+    def _reap_due(self, now: float, core: Core, out: Outbox) -> None:
+        for k in self.r.zrangebyscore(LEASES, "-inf", now, start=0, num=REAP_BATCH):
+            fields = self._reap(keys=[LEASES, k], args=[now])
+            if not fields:
+                continue  # renewed meanwhile, or another node reaped it
+            pairs = dict(zip(fields[::2], fields[1::2], strict=True))
+            rec = _record(pairs)
+            key = k.decode().rpartition(":u:")[2]
+            if key in core.nicks and rec.node == self.node:
+                continue  # (ours and alive: renewed at the next tick)
+            log.info("%s timed out on node %s, which is gone", rec.nick, rec.node)
+            core.reaped(key, rec, now, out)
+
+    # --------------------------------------------------------- directory
+
+    def find(self, key: str) -> SessionRecord | None:
+        fields = self.r.hgetall(session_key(key))
+        return _record(fields) if fields else None
+
+    def create(
+        self, key: str, nick: str, token: str, peer_key: str | None, quiet: bool, now: float
+    ) -> bool:
+        args: list[Any] = [nick, self.node, _hash(token), peer_key or "", "1" if quiet else "0"]
+        args += [now + self.timeout_s, f"{now:.3f}"]
+        return bool(self._create(keys=[session_key(key), LEASES], args=args))
+
+    def take(self, key: str, token: str, peer_key: str | None, now: float) -> SessionRecord | None:
+        fields = self._take(
+            keys=[session_key(key), LEASES],
+            args=[_hash(token), peer_key or "", self.node, now + self.timeout_s, PREFIX + "node:"],
+        )
+        if not fields:
+            return None
+        return _record(dict(zip(fields[::2], fields[1::2], strict=True)))
+
+    def rename(self, old: str, new: str, nick: str, rooms: list[str], quiet: bool) -> bool:
+        deadline = time.time() + self.timeout_s
+        ok = bool(
+            self._rename(
+                keys=[session_key(old), session_key(new), LEASES], args=[nick, self.node, deadline]
+            )
+        )
+        if ok:
+            for room in rooms:
+                if old != new:
+                    self.backend.ops.append(("hdel", room_key(room, "members"), old))
+                self.backend.ops.append(
+                    ("hset", room_key(room, "members"), new, ("1" if quiet else "0") + nick)
+                )
+        return ok
+
+    def joined(self, room: str, key: str, nick: str, quiet: bool) -> None:
+        ops = self.backend.ops
+        ops.append(("hset", room_key(room, "members"), key, ("1" if quiet else "0") + nick))
+        ops.append(("hset", session_key(key), "r:" + room, "1"))
+        ops.append(("sadd", ROOMS, room))
+
+    def left(self, room: str, key: str) -> None:
+        ops = self.backend.ops
+        ops.append(("hdel", room_key(room, "members"), key))
+        ops.append(("hdel", session_key(key), "r:" + room))
+
+    def ended(self, key: str) -> None:
+        self.backend.ops.append((self._run_end, key))
+
+    def _run_end(self, pipe: Any, key: str) -> None:
+        self._end(keys=[session_key(key), LEASES], args=[self.node], client=pipe)
+
+    def members(self, room: str) -> list[tuple[str, bool]]:
+        return [
+            (v.decode()[1:], v.startswith(b"1")) for v in self.r.hvals(room_key(room, "members"))
+        ]
+
+    def who(self, room: str | None, now: float) -> list[tuple[str, int, bool]]:
+        if room is not None:
+            keys = [session_key(k.decode()) for k in self.r.hkeys(room_key(room, "members"))]
+        else:
+            keys = [k.decode() for k in self.r.zrange(LEASES, 0, -1)]
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:
+            pipe.hmget(k, ["nick", "active", "quiet"])
+        found = []
+        for nick, active, quiet in pipe.execute():
+            if nick is not None:
+                idle = max(0, int((now - float(active or 0)) * 1000))
+                found.append((nick.decode(), idle, quiet == b"1"))
+        return found
+
+    def rooms(self) -> list[tuple[str, str, list[tuple[str, bool]]]]:
+        names = sorted(n.decode() for n in self.r.smembers(ROOMS))
+        pipe = self.r.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(room_key(name, "meta"), "topic")
+            pipe.hvals(room_key(name, "members"))
+        found = pipe.execute()
+        listed = []
+        empty = []
+        for i, name in enumerate(names):
+            topic, members = found[2 * i], found[2 * i + 1]
+            if not members:
+                empty.append(name)
+                continue
+            listed.append(
+                (
+                    name,
+                    topic.decode() if topic else "",
+                    [(v.decode()[1:], v.startswith(b"1")) for v in members],
+                )
+            )
+        if empty:
+            self.r.srem(ROOMS, *empty)
+        return listed
+
+    def deliver(self, node: str, key: str, frame: bytes) -> None:
+        self.backend.ops.append(
+            ("publish", f"{PREFIX}node:{node}".encode(), b"pm " + key.encode() + b"\n" + frame)
+        )
+
+
+def apply_results(backend: RedisBackend, core: Core, out: Outbox) -> None:
+    """Correct what the batch prepared with provisional seqs (acks, joined
+    replies, remembered acks, each room's last seq) by what Redis gave."""
+    patch: dict[tuple[str, int], tuple[int, str | None]] = {}
+    for name, found in backend.results.items():
+        real = 0
+        for prov, got in found.items():
+            if isinstance(got, tuple):
+                patch[(name, prov)] = got
+            else:
+                real = max(real, got)
+                if got != prov:
+                    patch[(name, prov)] = (got, None)
+        room = core.rooms.get(name)
+        if room is not None:
+            room.seq = max(real, room.published)
+    backend.results = {}
+    if not patch:
+        return
+    for frames in (out.replies, out.free):
+        for i, (ident, frame) in enumerate(frames):
+            if not (frame.startswith(b'{"type":"ack"') or frame.startswith(b'{"type":"joined"')):
+                continue
+            msg = decode_reply(frame)
+            if not isinstance(msg, Ack | Joined) or msg.room is None or msg.seq is None:
+                continue
+            fix = patch.get((msg.room, msg.seq))
+            if fix is None:
+                continue
+            seq, ts = fix
+            if isinstance(msg, Ack):
+                new = encode(msgspec.structs.replace(msg, seq=seq, ts=ts or msg.ts))
+                s = core.sessions.get(ident)
+                if msg.id is not None and s is not None:
+                    k = s.dedup + msg.id
+                    if k in core.recent.acks:
+                        core.recent.acks[k] = new
+            else:
+                new = encode(msgspec.structs.replace(msg, seq=seq))
+            frames[i] = (ident, new)

@@ -1,0 +1,392 @@
+"""The store of a cluster of brokers: Redis (or Valkey).
+
+Theory of operation. Every node numbers its batch's events as the single
+broker does, from what it knows of each room, but those numbers are only
+provisional: another node may have written to the room meanwhile. At commit,
+one Lua script per room (a batch's rooms pipelined, so Redis answers the
+batch in one round trip and, with ``appendfsync always``, fsyncs once)
+takes the room's events in order and, atomically:
+
+* skips an event whose id key exists (a resend: the request id of a
+  ``say``, for ten minutes; other events get a key unique to the batch, so
+  a commit retried after a partial failure adds nothing twice) and returns
+  the first ``seq`` and ``ts`` instead;
+* numbers it with HINCRBY on the room's meta hash (continuing from the
+  room's log when the hash was lost, so a seq is never used twice);
+* appends it to the room's stream with the seq as the entry id, and
+  publishes it on ``zchat:events``.
+
+The node then corrects what it prepared with provisional numbers (acks,
+``joined`` replies, its own idea of the room's last seq): see
+:attr:`RedisBackend.results`. It never publishes its events itself: every
+node, the writer too, republishes what arrives on ``zchat:events`` for the
+rooms it has members in, in seq order, and fills any jump from the stream
+(see ``_cluster.py``).
+
+All of a room's keys share the hash tag ``{room}``, so a room's script
+touches one slot of a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import redis
+
+from messages import nick_key
+
+from ._backend import Page, RoomState, StoreError, StoreFull
+from ._recent import DEDUP_S, dedup_key
+
+log = logging.getLogger("zchat.broker")
+
+PREFIX = "zchat:"
+EVENTS_CHANNEL = b"zchat:events"
+STORE_KEY = "zchat:store"
+CLAIMS_KEY = "zchat:claims"
+REDIS_TIMEOUT_S = 5.0
+
+# KEYS: the room's meta hash, its stream, then the id key of each event.
+# ARGV: the count of events, the stream's MAXLEN (0: none), the channel,
+# the dedup window in seconds, then per event its body, its ts and the
+# index of its id key in KEYS.
+_APPEND = """
+local n = tonumber(ARGV[1])
+local maxlen = tonumber(ARGV[2])
+local chan = ARGV[3]
+local ttl = tonumber(ARGV[4])
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if seq == 0 then
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) end
+end
+local out = {}
+for i = 1, n do
+  local base = 4 + (i - 1) * 3
+  local body = ARGV[base + 1]
+  local ts = ARGV[base + 2]
+  local key = KEYS[tonumber(ARGV[base + 3])]
+  local prev = redis.call('GET', key)
+  if prev then
+    out[i] = prev
+  else
+    seq = seq + 1
+    body = string.gsub(body, ',"seq":%d+', ',"seq":' .. seq, 1)
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-0', 'e', body)
+    else
+      redis.call('XADD', KEYS[2], seq .. '-0', 'e', body)
+    end
+    redis.call('SET', key, seq .. ' ' .. ts, 'EX', ttl)
+    redis.call('PUBLISH', chan, body)
+    out[i] = seq
+  end
+end
+redis.call('HSET', KEYS[1], 'seq', seq)
+return out
+"""
+
+
+class _Head(msgspec.Struct):
+    """What the backend reads of an event body."""
+
+    room: str
+    seq: int
+    ts: str
+    id: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
+def room_key(room: str, what: str) -> str:
+    return f"{PREFIX}{{{room}}}:{what}"
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``); the
+    password comes from the URL or ``ZCHAT_REDIS_PASSWORD``.
+
+    Raises:
+        ValueError: the URL is not one Redis takes.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{url!r} is not a Redis URL: write redis://HOST:PORT/DB")
+    kwargs: dict[str, Any] = {
+        "socket_timeout": REDIS_TIMEOUT_S,
+        "socket_connect_timeout": REDIS_TIMEOUT_S,
+    }
+    if not parts.password and os.environ.get("ZCHAT_REDIS_PASSWORD"):
+        kwargs["password"] = os.environ["ZCHAT_REDIS_PASSWORD"]
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def describe(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+class RedisBackend:
+    """The :class:`~._backend.Backend` of a cluster node.
+
+    Raises:
+        StoreError: Redis cannot be reached or used.
+    """
+
+    def __init__(self, url: str, *, node: str, maxlen: int = 0) -> None:
+        self.url = url
+        self.node = node
+        self.maxlen = maxlen
+        # redis-py types its answers as bytes or str by a constructor flag:
+        # Any here, and the code reads bytes (decode_responses is off).
+        self.r: Any = connect(url)
+        try:
+            self.r.ping()
+            self.store_id = self._store_id()
+            self.durability = self._durability()
+        except redis.RedisError as err:
+            self.r.close()
+            raise StoreError(f"cannot use Redis at {describe(url)}: {err}") from None
+        self._append = self.r.register_script(_APPEND)
+        self.failed = False
+        self._serial = 0
+        # room -> [(provisional seq, body, head)] of the batch
+        self._events: dict[str, list[tuple[int, bytes, _Head, str]]] = {}
+        self._topics: dict[str, str] = {}
+        self._claims: dict[str, tuple[str, float] | None] = {}
+        self._pm_ids: list[tuple[str, str, bytes]] = []
+        # Commands of the directory (_cluster.py), run in the batch's pipeline.
+        self.ops: list[tuple[Any, ...]] = []
+        # After a commit: room -> provisional seq -> the real seq, or for an
+        # event that was there already (a resend) its (seq, ts).
+        self.results: dict[str, dict[int, int | tuple[int, str]]] = {}
+
+    def _store_id(self) -> str:
+        self.r.set(STORE_KEY, secrets.token_hex(8), nx=True)
+        value = self.r.get(STORE_KEY)
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def store_lost(self) -> bool:
+        """Whether Redis lost what this node knows (restarted empty, or a
+        replica without it took over): its store id is gone or changed."""
+        value = self.r.get(STORE_KEY)
+        return value is None or value.decode() != self.store_id
+
+    def _durability(self) -> str:
+        info = self.r.info("server")
+        version = info.get("redis_version", "?")
+        conf: dict[str, str] = {}
+        try:
+            for name in ("appendonly", "appendfsync"):
+                conf.update({k: str(v) for k, v in self.r.config_get(name).items()})
+        except redis.ResponseError:
+            pass  # CONFIG may be renamed away on managed services
+        if conf.get("appendonly") != "yes" or conf.get("appendfsync") != "always":
+            log.warning(
+                "Redis at %s runs with appendonly %s, appendfsync %s: an acknowledged "
+                "message can be lost if Redis is killed (set appendonly yes and "
+                "appendfsync always)",
+                describe(self.url),
+                conf.get("appendonly", "?"),
+                conf.get("appendfsync", "?"),
+            )
+        return (
+            f"Redis {version} at {describe(self.url)}, appendonly "
+            f"{conf.get('appendonly', '?')}, appendfsync {conf.get('appendfsync', '?')}"
+        )
+
+    # ------------------------------------------------------------ writing
+
+    def add(self, room: str, seq: int, body: bytes, at: float) -> None:
+        head = _head.decode(body)
+        if head.id is not None and head.from_ is not None:
+            ident = "r" + dedup_key(nick_key(head.from_), head.id)
+        else:
+            # Made once, here: a commit retried after a partial failure
+            # sends the same keys, and Redis finds what it did already.
+            self._serial += 1
+            ident = f"b{self.node}:{self._serial}"
+        self._events.setdefault(room, []).append((seq, body, head, ident))
+
+    def set_topic(self, room: str, topic: str) -> None:
+        self._topics[room] = topic
+
+    def add_pm_id(self, sender: str, req_id: str, at: float, reply: bytes) -> None:
+        self._pm_ids.append((sender, req_id, reply))
+
+    def set_nick_claim(self, nick: str, key: str, used: float) -> None:
+        self._claims[nick] = (key, used)
+
+    def drop_nick_claim(self, nick: str) -> None:
+        self._claims[nick] = None
+
+    def commit(self) -> None:
+        self.results = {}
+        if not (self._events or self._topics or self._claims or self._pm_ids or self.ops):
+            return
+        pipe = self.r.pipeline(transaction=False)
+        rooms = list(self._events.items())
+        for room, events in rooms:
+            keys = [room_key(room, "meta"), room_key(room, "log")]
+            args: list[Any] = [len(events), self.maxlen, EVENTS_CHANNEL, int(DEDUP_S)]
+            for _, body, head, ident in events:
+                keys.append(room_key(room, "id:" + ident))
+                args += [body, head.ts, len(keys)]
+            self._append(keys=keys, args=args, client=pipe)
+        for room, topic in self._topics.items():
+            pipe.hset(room_key(room, "meta"), "topic", topic)
+        for nick, claim in self._claims.items():
+            if claim is None:
+                pipe.hdel(CLAIMS_KEY, nick)
+            else:
+                pipe.hset(CLAIMS_KEY, nick, f"{claim[1]} {claim[0]}")
+        for sender, req_id, reply in self._pm_ids:
+            pipe.set(f"{PREFIX}pmid:{dedup_key(sender, req_id)}", reply, ex=int(DEDUP_S))
+        for op in self.ops:
+            if callable(op[0]):
+                op[0](pipe, *op[1:])
+            else:
+                getattr(pipe, op[0])(*op[1:])
+        try:
+            answers = pipe.execute()
+        except redis.RedisError as err:
+            # Kept whole, ids and all, for the next commit (the shell refuses
+            # writes meanwhile): what Redis did of it is found again by the
+            # id keys, never done twice.
+            self.failed = True
+            raise StoreFull(f"cannot write to Redis at {describe(self.url)}: {err}") from None
+        self.failed = False
+        for (room, events), answer in zip(rooms, answers, strict=False):
+            found: dict[int, int | tuple[int, str]] = {}
+            for (seq, _, _, _), got in zip(events, answer, strict=True):
+                if isinstance(got, bytes):
+                    first, _, ts = got.decode().partition(" ")
+                    found[seq] = (int(first), ts)
+                else:
+                    found[seq] = int(got)
+            self.results[room] = found
+        self._events.clear()
+        self._topics.clear()
+        self._claims.clear()
+        self._pm_ids.clear()
+        self.ops.clear()
+
+    # ------------------------------------------------------------ reading
+
+    def room_state(self, room: str) -> RoomState | None:
+        pending = self._events.get(room)
+        seq_b, topic_b = self.r.hmget(room_key(room, "meta"), ["seq", "topic"])
+        topic = self._topics.get(room, topic_b.decode() if topic_b else "")
+        if pending:
+            return RoomState(last_seq=pending[-1][0], topic=topic)
+        if seq_b is None:
+            last = self.r.xrevrange(room_key(room, "log"), "+", "-", count=1)
+            if not last:
+                return None if topic_b is None else RoomState(0, topic)
+            return RoomState(last_seq=_seq_of(last[0][0]), topic=topic)
+        return RoomState(last_seq=int(seq_b), topic=topic)
+
+    def page(
+        self, room: str, *, after: int | None, before: int | None, limit: int, max_bytes: int
+    ) -> Page:
+        stream = room_key(room, "log")
+        hi = f"({before}-0" if before is not None else "+"
+        pipe = self.r.pipeline(transaction=False)
+        if after is not None:
+            pipe.xrange(stream, f"({after}-0", hi, count=limit + 1)
+        else:
+            pipe.xrevrange(stream, hi, "-", count=limit + 1)
+        pipe.xrange(stream, "-", "+", count=1)
+        entries, oldest = pipe.execute()
+        if after is None:
+            entries.reverse()
+            # The newest first when trimming to the page: the page ends at
+            # ``before`` (or the end) and reaches back as far as it holds.
+            kept: list[bytes] = []
+            size = 0
+            for _, fields in reversed(entries[-limit:]):
+                body = fields[b"e"]
+                size += len(body) + 1
+                if kept and size > max_bytes:
+                    break
+                kept.append(body)
+            kept.reverse()
+            return Page(kept, len(kept) < len(entries), _seq_of(oldest[0][0]) if oldest else None)
+        found: list[bytes] = []
+        size = 0
+        for _, fields in entries[:limit]:
+            body = fields[b"e"]
+            size += len(body) + 1
+            if found and size > max_bytes:
+                break
+            found.append(body)
+        return Page(found, len(found) < len(entries), _seq_of(oldest[0][0]) if oldest else None)
+
+    def log_range(self, room: str, after: int, upto: int | None) -> list[tuple[int, bytes]]:
+        """The stored events of ``room`` past ``after`` up to ``upto`` (or the end)."""
+        hi = f"{upto}-0" if upto is not None else "+"
+        return [
+            (_seq_of(eid), fields[b"e"])
+            for eid, fields in self.r.xrange(room_key(room, "log"), f"({after}-0", hi)
+        ]
+
+    def recent_events(self, since: float) -> Iterator[bytes]:
+        # The ids of says are kept by Redis itself (the append script).
+        return iter(())
+
+    def recent_pm_acks(self, since: float) -> Iterator[tuple[str, str, bytes]]:
+        return iter(())
+
+    def pm_ack(self, sender: str, req_id: str) -> bytes | None:
+        """The ack of a private message, if another node took it already."""
+        value = self.r.get(f"{PREFIX}pmid:{dedup_key(sender, req_id)}")
+        return value if isinstance(value, bytes) else None
+
+    def nick_claims(self) -> dict[str, tuple[str, float]]:
+        found: dict[str, tuple[str, float]] = {}
+        for nick, value in self.r.hgetall(CLAIMS_KEY).items():
+            used, _, key = value.decode().partition(" ")
+            found[nick.decode()] = (key, float(used))
+        return found
+
+    def nick_claim(self, nick: str) -> tuple[str, float] | None:
+        value = self.r.hget(CLAIMS_KEY, nick)
+        if value is None:
+            return None
+        used, _, key = value.decode().partition(" ")
+        return key, float(used)
+
+    # ------------------------------------------------------------- upkeep
+
+    def housekeeping(self, now: float, retain_s: float) -> bool:
+        # Request ids expire by themselves (EX); history is bounded by the
+        # streams' MAXLEN (--cluster-max-events), not by age.
+        return False
+
+    def summary(self) -> str:
+        return self.durability
+
+    def close(self) -> None:
+        try:
+            if not self.failed:
+                self.commit()
+        except StoreFull as err:
+            log.error("%s; what was pending was never acknowledged", err)
+        finally:
+            self.r.close()
+
+
+def _seq_of(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[0])

