@@ -113,7 +113,6 @@ class SessionRecord:
     peer_key: str
     quiet: bool
     rooms: list[str]
-    active: float
 
 
 class Directory(Protocol):

@@ -45,18 +45,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("zchat.broker")
 
 LEASES = PREFIX + "{s}:leases"
+# When each session was last active (what who reports as idle), by record
+# key: kept apart from the records, so that renewing never makes one.
+ACTIVE = PREFIX + "{s}:active"
 ROOMS = PREFIX + "{s}:rooms"
 NODES = PREFIX + "{s}:nodes"
 TICK_S = 1.0
 PROBE_QUIET_S = 2.0
 PROBE_WAIT_S = 3.0
 REAP_BATCH = 100
+STORE_CHECK_S = 2.0
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'nick', ARGV[1], 'node', ARGV[2], 'tok', ARGV[3],
-           'pk', ARGV[4], 'quiet', ARGV[5], 'active', ARGV[7])
+           'pk', ARGV[4], 'quiet', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[6], KEYS[1])
+redis.call('ZADD', KEYS[3], ARGV[7], KEYS[1])
 return 1
 """
 
@@ -76,6 +81,7 @@ _END = """
 if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], KEYS[1])
+  redis.call('ZREM', KEYS[3], KEYS[1])
   return 1
 end
 return 0
@@ -85,6 +91,7 @@ _REAP = """
 local score = redis.call('ZSCORE', KEYS[1], KEYS[2])
 if not score or tonumber(score) > tonumber(ARGV[1]) then return 0 end
 redis.call('ZREM', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], KEYS[2])
 local rec = redis.call('HGETALL', KEYS[2])
 redis.call('DEL', KEYS[2])
 return rec
@@ -96,8 +103,10 @@ if KEYS[1] ~= KEYS[2] then
   local all = redis.call('HGETALL', KEYS[1])
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[3], KEYS[1])
+  redis.call('ZREM', KEYS[4], KEYS[1])
   if #all > 0 then redis.call('HSET', KEYS[2], unpack(all)) end
   redis.call('ZADD', KEYS[3], ARGV[3], KEYS[2])
+  redis.call('ZADD', KEYS[4], ARGV[4], KEYS[2])
 end
 redis.call('HSET', KEYS[2], 'nick', ARGV[1], 'node', ARGV[2])
 return 1
@@ -129,7 +138,6 @@ def _record(fields: dict[bytes, bytes]) -> SessionRecord:
         peer_key=text.get("pk", ""),
         quiet=text.get("quiet") == "1",
         rooms=[k[2:] for k in text if k.startswith("r:")],
-        active=float(text.get("active", "0") or 0),
     )
 
 
@@ -150,6 +158,10 @@ class Cluster:
         self._reap = self.r.register_script(_REAP)
         self._rename = self.r.register_script(_RENAME)
         self._next_tick = 0.0
+        self._next_store_check = 0.0
+        # Set when Redis no longer holds this cluster's state: the shell
+        # starts over (see Server._start_over).
+        self.store_lost = False
         self._probe_sent: float | None = None
         self._probes = 0
         self._heard = time.monotonic()
@@ -183,7 +195,10 @@ class Cluster:
         self._probe_sent = None
 
     def fileno(self) -> int:
-        return int(self.ps.connection._sock.fileno())
+        """The subscription's socket, to poll; -1 while there is none."""
+        conn = getattr(self.ps, "connection", None)
+        sock = getattr(conn, "_sock", None)
+        return -1 if sock is None else int(sock.fileno())
 
     def pump(self, core: Core, out: Outbox, publish: Callable[[bytes, bytes], None]) -> None:
         """Take what arrived on the node's channels: events to republish,
@@ -208,8 +223,9 @@ class Cluster:
                     core.moved_away(data[6:].decode().rpartition(":u:")[2], time.time())
                 elif data.startswith(b"probe "):
                     self._probe_sent = None
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
-            self._reconnect(core, publish, str(err))
+        except (redis.ConnectionError, redis.TimeoutError, OSError, AttributeError) as err:
+            # (AttributeError: redis-py's PubSub after its connection was dropped.)
+            self._reconnect(core, publish, str(err) or type(err).__name__)
 
     def _relay(self, core: Core, body: bytes, publish: Callable[[bytes, bytes], None]) -> None:
         head = _room_seq.decode(body)
@@ -260,6 +276,11 @@ class Cluster:
                 self._probes += 1
                 self._probe_sent = mono
                 self.r.publish(self.node_channel, b"probe %d" % self._probes)
+            if mono >= self._next_store_check:
+                self._next_store_check = mono + STORE_CHECK_S
+                if self.backend.store_lost():
+                    self.store_lost = True
+                    return
             self._renew(now, core)
             self._reap_due(now, core, out)
         except redis.RedisError as err:
@@ -272,7 +293,7 @@ class Cluster:
         for s in core.sessions.values():
             k = session_key(s.key)
             pipe.zadd(LEASES, {k: deadline}, xx=True)
-            pipe.hset(k, "active", f"{s.last_active:.3f}")
+            pipe.zadd(ACTIVE, {k: s.last_active}, xx=True)
         pipe.hgetall(NODES)
         found = pipe.execute()[-1]
         nodes = []
@@ -286,7 +307,7 @@ class Cluster:
 
     def _reap_due(self, now: float, core: Core, out: Outbox) -> None:
         for k in self.r.zrangebyscore(LEASES, "-inf", now, start=0, num=REAP_BATCH):
-            fields = self._reap(keys=[LEASES, k], args=[now])
+            fields = self._reap(keys=[LEASES, k, ACTIVE], args=[now])
             if not fields:
                 continue  # renewed meanwhile, or another node reaped it
             pairs = dict(zip(fields[::2], fields[1::2], strict=True))
@@ -307,8 +328,8 @@ class Cluster:
         self, key: str, nick: str, token: str, peer_key: str | None, quiet: bool, now: float
     ) -> bool:
         args: list[Any] = [nick, self.node, _hash(token), peer_key or "", "1" if quiet else "0"]
-        args += [now + self.timeout_s, f"{now:.3f}"]
-        return bool(self._create(keys=[session_key(key), LEASES], args=args))
+        args += [now + self.timeout_s, now]
+        return bool(self._create(keys=[session_key(key), LEASES, ACTIVE], args=args))
 
     def take(self, key: str, token: str, peer_key: str | None, now: float) -> SessionRecord | None:
         fields = self._take(
@@ -320,10 +341,11 @@ class Cluster:
         return _record(dict(zip(fields[::2], fields[1::2], strict=True)))
 
     def rename(self, old: str, new: str, nick: str, rooms: list[str], quiet: bool) -> bool:
-        deadline = time.time() + self.timeout_s
+        now = time.time()
         ok = bool(
             self._rename(
-                keys=[session_key(old), session_key(new), LEASES], args=[nick, self.node, deadline]
+                keys=[session_key(old), session_key(new), LEASES, ACTIVE],
+                args=[nick, self.node, now + self.timeout_s, now],
             )
         )
         if ok:
@@ -350,7 +372,7 @@ class Cluster:
         self.backend.ops.append((self._run_end, key))
 
     def _run_end(self, pipe: Any, key: str) -> None:
-        self._end(keys=[session_key(key), LEASES], args=[self.node], client=pipe)
+        self._end(keys=[session_key(key), LEASES, ACTIVE], args=[self.node], client=pipe)
 
     def members(self, room: str) -> list[tuple[str, bool]]:
         return [
@@ -364,9 +386,11 @@ class Cluster:
             keys = [k.decode() for k in self.r.zrange(LEASES, 0, -1)]
         pipe = self.r.pipeline(transaction=False)
         for k in keys:
-            pipe.hmget(k, ["nick", "active", "quiet"])
+            pipe.hmget(k, ["nick", "quiet"])
+            pipe.zscore(ACTIVE, k)
+        answers = pipe.execute()
         found = []
-        for nick, active, quiet in pipe.execute():
+        for (nick, quiet), active in zip(answers[::2], answers[1::2], strict=True):
             if nick is not None:
                 idle = max(0, int((now - float(active or 0)) * 1000))
                 found.append((nick.decode(), idle, quiet == b"1"))

@@ -153,7 +153,7 @@ class RedisBackend:
         self.r: Any = connect(url)
         try:
             self.r.ping()
-            self.store_id = self._store_id()
+            self.store_id = self.new_store_id()
             self.durability = self._durability()
         except redis.RedisError as err:
             self.r.close()
@@ -172,7 +172,8 @@ class RedisBackend:
         # event that was there already (a resend) its (seq, ts).
         self.results: dict[str, dict[int, int | tuple[int, str]]] = {}
 
-    def _store_id(self) -> str:
+    def new_store_id(self) -> str:
+        """The cluster's store id: made by the first node to ask, read by the others."""
         self.r.set(STORE_KEY, secrets.token_hex(8), nx=True)
         value = self.r.get(STORE_KEY)
         return value.decode() if isinstance(value, bytes) else str(value)

@@ -39,9 +39,11 @@ import secrets
 import signal
 import socket
 import sqlite3
+import sys
 import time
 from typing import Any
 
+import redis
 import zmq
 
 from messages import NOTICE_TOPIC, Code, Hello, ProtocolError, Say, decode_request, key_fingerprint
@@ -79,6 +81,7 @@ ROUTER_RCVHWM = 1_000  # requests per peer waiting to be read
 HANDSHAKE_MS = 10_000
 HOUSEKEEPING_S = 60.0
 STORE_RETRY_S = 1.0
+STORE_RETRY_MS = 1_000
 WAKE_MS = 20
 
 
@@ -257,7 +260,8 @@ class Server:
                     if cluster_fd >= 0:
                         poller.unregister(cluster_fd)
                     cluster_fd = cluster.fileno()
-                    poller.register(cluster_fd, zmq.POLLIN)
+                    if cluster_fd >= 0:
+                        poller.register(cluster_fd, zmq.POLLIN)
                 ready = dict(poller.poll(wait))
                 now = time.time()
                 mono = time.monotonic()
@@ -272,6 +276,9 @@ class Server:
                 core.expire(now, out)
                 if cluster is not None and not core.read_only:
                     cluster.tick(now, core, out, publish)
+                    if cluster.store_lost:
+                        self._start_over(out)
+                        core = self.core
                 if core.recent.forgotten_early != self._forgotten_reported:
                     self._report_forgotten(now)
                 if out:
@@ -298,6 +305,19 @@ class Server:
         return 0
 
     def _internal_error(self, ident: bytes, req: Any, out: Outbox) -> None:
+        if self.cluster is not None and isinstance(sys.exc_info()[1], redis.RedisError):
+            # Redis is away: the request is refused, to be sent again.
+            mono = time.monotonic()
+            if mono >= self._next_store_log:
+                self._next_store_log = mono + 10.0
+                log.error("Redis cannot be reached: %s", sys.exc_info()[1])
+            err = ProtocolError(
+                Code.UNAVAILABLE,
+                "the cluster's store cannot be reached; try again",
+                retry_ms=STORE_RETRY_MS,
+            )
+            out.reply(ident, error_reply(err, getattr(req, "id", None)))
+            return
         # A bug must cost one request, not the broker and every session.
         log.exception("internal error on %s", type(req).__name__)
         err = ProtocolError(Code.BAD_REQUEST, "internal error; the request was not handled")
@@ -406,6 +426,26 @@ class Server:
             self.stopping = True
             return
         self._send(out)
+
+    def _start_over(self, out: Outbox) -> None:
+        """Redis lost the cluster's state (it restarted empty, or a replica
+        without it took over): what this node knows of sessions and seqs
+        would mislead. It starts over with a new epoch and the store's new
+        id, so its clients see a changed store and reload, as after a
+        broker restart with a lost store."""
+        assert self.cluster is not None and isinstance(self.store, RedisBackend)
+        self.cluster.store_lost = False
+        old = self.store.store_id
+        self.store.store_id = self.store.new_store_id()
+        log.error(
+            "Redis no longer holds this cluster's state (store %s, now %s): starting "
+            "over; clients reload their rooms",
+            old,
+            self.store.store_id,
+        )
+        out.clear()
+        self._waiting.clear()
+        self.core = Core(self.config, self.store, directory=self.cluster)
 
     def _publish(self, topic: bytes, body: bytes) -> None:
         """An event of the cluster (any node's, durable already), as it

