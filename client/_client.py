@@ -24,6 +24,14 @@ every pending request is sent again. The broker answers a resent ``say`` or
 ``pm`` with its first ``ack``, so nothing is published twice. The client's
 own calls (``hello``, the rejoins, history for repair) wait and try again
 when refused with ``rate_limited`` or ``unavailable``.
+
+A client may be given several endpoints, the nodes of a cluster that share
+rooms, sessions and history; it adds those a ``welcome`` names in
+``server.nodes``. It starts on the first that answers. When its node stops
+answering, it recovers on the next one (round-robin, one attempt each): the
+same ``hello`` with the token, rejoins and resends. Another node's
+``epoch`` differs, so ``server.store`` tells whether seq goes on (a shared
+store) or starts again, as after a restart.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
@@ -117,6 +125,9 @@ BACKLOG_HIGH = 10_000
 # Refusals that only say "not now": the client's own calls wait retry_ms
 # and ask again, and never give a room up over them.
 RETRY_CODES = frozenset({Code.RATE_LIMITED, Code.UNAVAILABLE})
+# At most this many endpoints, given and learned from welcome.server.nodes.
+MAX_ENDPOINTS = 64
+_WILDCARD_HOSTS = ("*", "0.0.0.0", "::", "")
 R = TypeVar("R")
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -147,6 +158,40 @@ def check_endpoint(endpoint: str) -> str:
         "bad_endpoint",
         f"{endpoint!r} is not an endpoint: write tcp://HOST:PORT{hint}, or ipc://PATH",
     )
+
+
+def split_endpoints(connect: str | Sequence[str]) -> list[str]:
+    """The endpoints of ``connect``: one, a comma-separated string
+    (``tcp://a:5555,tcp://b:5555``) or a list, stripped, each once, in
+    order; not checked (see :func:`check_endpoints`)."""
+    parts = connect.split(",") if isinstance(connect, str) else list(connect)
+    return list(dict.fromkeys(p.strip() if isinstance(p, str) else p for p in parts))
+
+
+def check_endpoints(connect: str | Sequence[str]) -> list[str]:
+    """The endpoints of ``connect`` (see :func:`split_endpoints`) when each
+    is one ZeroMQ can connect to, else InvalidInput naming the first bad one."""
+    endpoints = split_endpoints(connect)
+    if not endpoints:
+        raise InvalidInput("bad_endpoint", "no endpoint given: write tcp://HOST:PORT")
+    for i, endpoint in enumerate(endpoints, 1):
+        if not isinstance(endpoint, str):
+            raise InvalidInput("bad_endpoint", f"{endpoint!r} is not an endpoint (not text)")
+        try:
+            check_endpoint(endpoint)
+        except InvalidInput as err:
+            if len(endpoints) == 1:
+                raise
+            raise InvalidInput(
+                err.code, f"endpoint {i} of {len(endpoints)}: {err.message}"
+            ) from None
+    if len(endpoints) > MAX_ENDPOINTS:
+        raise InvalidInput("bad_endpoint", f"{len(endpoints)} endpoints: at most {MAX_ENDPOINTS}")
+    return endpoints
+
+
+def _host(endpoint: str) -> str:
+    return endpoint.partition("://")[2].rpartition(":")[0]
 
 
 def _expect(reply: Any, kind: type[R]) -> R:
@@ -194,20 +239,26 @@ def handshake_failure(event: int, value: int, *, curve: CurveKeys | None) -> str
 
 @dataclass(frozen=True)
 class Disconnected:
-    """The broker stopped answering; the client is reconnecting."""
+    """The broker stopped answering; the client is reconnecting. ``endpoint``
+    is the node it moves to, when it has several and leaves its own (None:
+    it tries the same endpoint again)."""
 
     reason: str
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
 class Reconnected:
     """The client is back: ``recovered`` events were fetched from history.
     ``lost`` are rooms the broker would not let it back into (a limit
-    reached meanwhile), each with why; the client is no longer in them."""
+    reached meanwhile), each with why; the client is no longer in them.
+    ``endpoint`` is where it is back when that is another node than the one
+    it lost (None: the same endpoint)."""
 
     recovered: int
     restarted: bool
     lost: tuple[tuple[str, str], ...] = ()
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,7 +293,10 @@ class Client:
     """A zchat connection that reconnects and repairs by itself.
 
     Args:
-        connect: the broker's ROUTER endpoint, e.g. ``tcp://127.0.0.1:5555``.
+        connect: the broker's ROUTER endpoint, e.g. ``tcp://127.0.0.1:5555``;
+            or several, the nodes of a cluster, as a comma-separated string
+            or a list: the client starts on the first that answers and
+            moves to the next when its node stops answering.
         nick: the nick to ask for.
         rooms: rooms to join on start (``general`` when not given).
         token: a session token from an earlier ``welcome``, to take over.
@@ -261,7 +315,7 @@ class Client:
 
     def __init__(
         self,
-        connect: str,
+        connect: str | Sequence[str],
         nick: str,
         *,
         rooms: Iterable[str] | None = None,
@@ -272,7 +326,11 @@ class Client:
         rcvhwm: int = 100_000,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
-        self.endpoint = connect
+        # Checked by start(); welcome.server.nodes may add more.
+        self.endpoints: list[str] = split_endpoints(connect)
+        self._current = 0
+        # The endpoint in use.
+        self.endpoint: str = self.endpoints[0] if self.endpoints else ""
         self.nick = nick
         self.token = token
         self.client_name = client_name
@@ -293,8 +351,9 @@ class Client:
         self._seq: Sequencer[Any] = Sequencer()
         self._fetching: dict[str, asyncio.Task[Any]] = {}
         # A Reconnected owed once the rooms have what they missed:
-        # (restarted, stats["repaired"] when it began, {room: joined seq}).
-        self._owed: tuple[bool, int, dict[str, int]] | None = None
+        # (restarted, stats["repaired"] when it began, {room: joined seq},
+        # the endpoint moved to or None).
+        self._owed: tuple[bool, int, dict[str, int], str | None] | None = None
         self._lost: list[tuple[str, str]] = []  # rooms a rejoin was refused, until told
         self._want_rooms = [valid_room(r) for r in (rooms if rooms is not None else [DEFAULT_ROOM])]
         self._offer: list[CommandSpec] | None = None
@@ -314,7 +373,7 @@ class Client:
         self._refused: asyncio.Future[ConnectRefused] | None = None
         self._recovering: asyncio.Task[Any] | None = None
         self._last_rx = time.monotonic()
-        self._sub_connected = False
+        self._sub_endpoint: str | None = None  # where the SUB is connected
         self._stats = {"delivered": 0, "repaired": 0, "skipped": 0, "reconnects": 0}
 
     # ---------------------------------------------------------- lifecycle
@@ -330,7 +389,9 @@ class Client:
         """Connect, say hello and join the start rooms.
 
         Args:
-            timeout: how long to wait for the broker's answer, in seconds.
+            timeout: how long to wait for the broker's answer, in seconds;
+                with several endpoints, each gets its share of it in turn
+                until one answers.
             nick_wait: while the broker says the nick is taken, ask again
                 every second for up to this many seconds (added to
                 ``timeout``): a program restarted at once finds its nick
@@ -347,14 +408,15 @@ class Client:
             check_nick(self.nick)
         except ProtocolError as err:
             raise InvalidInput.of(err) from None
-        check_endpoint(self.endpoint)
+        self.endpoints = check_endpoints(self.endpoints)
+        self._move_to(0)
         self._sub = self._socket(zmq.SUB)
         self._sub.setsockopt(zmq.RCVHWM, self.rcvhwm)
         self._sub.subscribe(NOTICE_TOPIC)
         self._refused = asyncio.get_running_loop().create_future()
         self._new_dealer()
         self._spawn(self._heartbeat())
-        hello: asyncio.Future[Any] = asyncio.ensure_future(self._hello_waiting(nick_wait, timeout))
+        hello: asyncio.Future[Any] = asyncio.ensure_future(self._hello_any(nick_wait, timeout))
         refused: asyncio.Future[Any] = self._refused
         try:
             done, _ = await asyncio.wait(
@@ -366,7 +428,7 @@ class Client:
                 hello.cancel()
                 if self._refused.done():
                     raise self._refused.result()
-                raise ConnectTimeout(f"no answer from {self.endpoint} within {timeout:g} s")
+                raise ConnectTimeout(f"no answer from {self._named()} within {timeout:g} s")
             welcome: Welcome = hello.result()
         except BaseException:
             hello.cancel()
@@ -490,7 +552,7 @@ class Client:
         transport, _, rest = advertised.partition("://")
         host, _, port = rest.rpartition(":")
         if host.strip("[]") in ("*", "0.0.0.0", "::", ""):
-            our_host = self.endpoint.partition("://")[2].rpartition(":")[0]
+            our_host = _host(self.endpoint)
             return f"{transport}://{our_host}:{port}"
         return advertised
 
@@ -907,11 +969,11 @@ class Client:
         """Say Reconnected once every room has what it missed while the
         client was away (or ``now``, with what it has so far)."""
         assert self._owed is not None
-        restarted, base, targets = self._owed
+        restarted, base, targets, moved = self._owed
         if now or all(self._seq.caught_up(room, seq) for room, seq in targets.items()):
             self._owed = None
             lost, self._lost = tuple(self._lost), []
-            self._put(Reconnected(self._stats["repaired"] - base, restarted, lost))
+            self._put(Reconnected(self._stats["repaired"] - base, restarted, lost, moved))
 
     # ----------------------------------------------------- liveness, recovery
 
@@ -923,7 +985,7 @@ class Client:
                 continue
             now = time.monotonic()
             if now - self._last_rx > self.timeout_s:
-                self._start_recovery(f"no answer for {self.timeout_s:g} s")
+                self._start_recovery(f"no answer for {self.timeout_s:g} s", move=True)
                 continue
             if now - last_ping >= self.heartbeat_s * 0.5:
                 last_ping = now
@@ -933,41 +995,56 @@ class Client:
         with contextlib.suppress(asyncio.TimeoutError, ZchatError):
             await asyncio.wait_for(self._call(Ping()), self.timeout_s)
 
-    def _start_recovery(self, reason: str) -> None:
+    def _start_recovery(self, reason: str, *, move: bool = False) -> None:
+        """Reconnect; ``move``: the node stopped answering, so with several
+        endpoints, start on the next one."""
         if self._recovering is not None or self.closed or not self.connected:
             return
-        log.info("reconnecting: %s", reason)
+        left = self.endpoint
+        moving = move and len(self.endpoints) > 1
+        if moving:
+            self._move_to(self._current + 1)
+            log.info("reconnecting to %s: %s", self.endpoint, reason)
+        else:
+            log.info("reconnecting: %s", reason)
         if self._owed is not None:
             self._pay_reconnected(now=True)  # the last recovery, cut short
-        self._put(Disconnected(reason))
+        self._put(Disconnected(reason, self.endpoint if moving else None))
         self._stop_fetches()
-        self._recovering = self._spawn(self._recover())
+        self._recovering = self._spawn(self._recover(left))
 
-    async def _recover(self) -> None:
+    async def _recover(self, left: str) -> None:
+        """Reconnect, from the endpoint in use, then each of the others in
+        turn; ``left`` is the one the client lost."""
         self._stats["reconnects"] += 1
         old_epoch = self.epoch
         repaired = self._stats["repaired"]
         backoff = 0.1
         try:
             while True:
-                self._new_dealer()
                 # Everything sent went on the old connection: send it again
                 # (after the rejoin), in order. The broker answers a repeated
                 # say or pm with its first ack.
                 for p in self._pending.values():
                     p.sent = False
                 try:
+                    self._new_dealer()
                     joins = await asyncio.wait_for(self._rejoin(), max(self.timeout_s, 2.0))
                     break
                 except (asyncio.TimeoutError, ZchatError, zmq.ZMQError) as err:
-                    log.info("broker not back yet (%s); retrying", err or "timeout")
+                    if len(self.endpoints) > 1:
+                        log.info("no luck on %s (%s)", self.endpoint, err or "timeout")
+                        self._move_to(self._current + 1)
+                    else:
+                        log.info("broker not back yet (%s); retrying", err or "timeout")
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
             self._recovering = None
         self._last_rx = time.monotonic()
         self._start_flusher()
-        self._owed = (self.epoch != old_epoch, repaired, joins)
+        moved = self.endpoint if self.endpoint != left else None
+        self._owed = (self.epoch != old_epoch, repaired, joins, moved)
         self._pay_reconnected()
 
     async def _rejoin(self) -> dict[str, int]:
@@ -1008,6 +1085,27 @@ class Client:
                 await asyncio.sleep((reply.retry_ms or 100) / 1000)
                 continue
             return reply
+
+    async def _hello_any(self, wait: float, timeout: float) -> Welcome:
+        """:meth:`_hello_waiting` on each endpoint in turn, from the first,
+        until one answers; each has its share of ``timeout``."""
+        count = len(self.endpoints)
+        for i in range(count):
+            if i:
+                log.info("no answer from %s; trying %s", self.endpoint, self.endpoints[i])
+                self._move_to(i)
+                self._new_dealer()
+            try:
+                return await self._hello_waiting(wait, timeout / count)
+            except ConnectTimeout:
+                if i + 1 < count:
+                    continue
+                if count == 1:
+                    raise
+                raise ConnectTimeout(
+                    f"no answer from {self._named()} within {timeout:g} s"
+                ) from None
+        raise AssertionError("unreachable")  # count >= 1: check_endpoints
 
     async def _hello_waiting(self, wait: float, timeout: float) -> Welcome:
         """:meth:`_hello`, asked again every second for ``wait`` seconds
@@ -1060,7 +1158,44 @@ class Client:
         self.heartbeat_s = reply.heartbeat_ms / 1000
         self.timeout_s = reply.timeout_ms / 1000
         self._last_rx = time.monotonic()
-        if self._sub is not None and not self._sub_connected:
-            self._sub.connect(self._events_endpoint(reply.events))
-            self._sub_connected = True
+        self._learn(reply.server.nodes)
+        events = self._events_endpoint(reply.events)
+        if self._sub is not None and events != self._sub_endpoint:
+            # The first welcome, or another node (or a broker that now
+            # publishes elsewhere): subscriptions go along.
+            if self._sub_endpoint is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sub.disconnect(self._sub_endpoint)
+            self._sub.connect(events)
+            self._sub_endpoint = events
         return reply
+
+    # ------------------------------------------------------------ endpoints
+
+    def _named(self) -> str:
+        """The endpoints, for an error message."""
+        return ", ".join(self.endpoints) if self.endpoints else repr(self.endpoint)
+
+    def _move_to(self, index: int) -> None:
+        """Use ``endpoints[index]`` from the next :meth:`_new_dealer` on."""
+        self._current = index % len(self.endpoints)
+        self.endpoint = self.endpoints[self._current]
+
+    def _learn(self, nodes: list[str] | None) -> None:
+        """Add the cluster's nodes this client does not know to its
+        endpoints (after those it has); ignore those that are not ones."""
+        for node in nodes or ():
+            if node in self.endpoints:
+                continue
+            if len(self.endpoints) >= MAX_ENDPOINTS:
+                log.info("ignoring more nodes: this client keeps at most %d", MAX_ENDPOINTS)
+                return
+            try:
+                check_endpoint(node)
+            except InvalidInput:
+                log.info("ignoring node %r: not an endpoint", node)
+                continue
+            if node.startswith("tcp://") and _host(node).strip("[]") in _WILDCARD_HOSTS:
+                log.info("ignoring node %r: a wildcard host", node)
+                continue
+            self.endpoints.append(node)

@@ -54,9 +54,10 @@ def add_common(
     p.add_argument(
         "--connect",
         default=os.environ.get("ZCHAT_CONNECT", DEFAULT_CONNECT),
-        metavar="EP",
-        help="the broker's request endpoint, tcp://HOST:PORT (env ZCHAT_CONNECT; "
-        "default %(default)s)",
+        metavar="EP[,EP...]",
+        help="the broker's request endpoint, tcp://HOST:PORT; or several separated by "
+        "commas, the nodes of a cluster: the first that answers is used, the next when "
+        "it stops answering (env ZCHAT_CONNECT; default %(default)s)",
     )
     env_nick = os.environ.get("ZCHAT_NICK") if nick_env else None
     p.add_argument(

@@ -199,9 +199,14 @@ async def _follow(client: Client, rooms: list[str], args: Any, writer: _Writer) 
             chunk.append(line(item))
             printed += 1
         elif isinstance(item, Disconnected):
-            print(f"{PROG}: reconnecting ({item.reason})", file=sys.stderr)
+            where = f" to {item.endpoint}" if item.endpoint else ""
+            print(f"{PROG}: reconnecting{where} ({item.reason})", file=sys.stderr)
         elif isinstance(item, Reconnected):
-            print(f"{PROG}: reconnected, {item.recovered} missed events recovered", file=sys.stderr)
+            where = f" to {item.endpoint}" if item.endpoint else ""
+            print(
+                f"{PROG}: reconnected{where}, {item.recovered} missed events recovered",
+                file=sys.stderr,
+            )
         done = args.count and printed >= args.count
         if chunk and (done or client.backlog == 0 or len(chunk) >= 512):
             await writer.write(b"".join(chunk))

@@ -35,7 +35,7 @@ from messages import (
 
 from . import _commands
 from . import _render as r
-from ._client import Client, Disconnected, Reconnected, Repaired, check_endpoint, valid_room
+from ._client import Client, Disconnected, Reconnected, Repaired, check_endpoints, valid_room
 from ._errors import InvalidInput, ZchatError
 from ._keys import curve_keys, fingerprint
 from ._programs import add_common, read_line, run_program
@@ -121,14 +121,18 @@ class ChatUI:
         if isinstance(item, Disconnected):
             self.status = "reconnecting..."
             self._reconnecting = True
-            self.show(r.error(f"reconnecting... ({item.reason})"))
+            where = f" to {item.endpoint}" if item.endpoint else ""
+            self.show(r.error(f"reconnecting{where}... ({item.reason})"))
             return
         if isinstance(item, Reconnected):
             self.status = "connected"
             self._reconnecting = False
             text = "reconnected"
-            if item.restarted:
+            if item.endpoint:
+                text += f" to {item.endpoint}"  # another node: of course it "restarted"
+            elif item.restarted:
                 text += " (the broker restarted)"
+            if item.restarted:
                 self._rejoin_until = self._now() + REJOIN_WINDOW_S
                 self.spawn(self._end_rejoins())
             if item.recovered:
@@ -320,7 +324,7 @@ def main(argv: Sequence[str]) -> int:
     console = Console(highlight=False, force_terminal=interactive or None)
 
     async def body() -> int:
-        check_endpoint(args.connect)
+        check_endpoints(args.connect)
         rooms = [valid_room(room) for room in args.room or [DEFAULT_ROOM]]
         try:
             curve = curve_keys(args.server_key)
@@ -385,7 +389,7 @@ async def _run(
     if client is None:
         return 0  # no nick given: nothing was asked of the broker
     ui = ChatUI(client, console, wrap=interactive)
-    ui.show(r.info(f"connected to {args.connect} as {client.nick}; /help lists the commands"))
+    ui.show(r.info(f"connected to {client.endpoint} as {client.nick}; /help lists the commands"))
     pump = asyncio.ensure_future(ui.pump())
     try:
         for room in rooms:

@@ -46,7 +46,15 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, MutableMapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -500,11 +508,12 @@ class Bot:
 
     # ------------------------------------------------------------ running
 
-    def make_client(self, connect: str, **kwargs: Any) -> Client:
+    def make_client(self, connect: str | Sequence[str], **kwargs: Any) -> Client:
         """A :class:`Client` for this bot, with its nick and rooms filled in.
 
         Args:
-            connect: the broker's endpoint, ``tcp://HOST:PORT``.
+            connect: the broker's endpoint, ``tcp://HOST:PORT``, or several
+                (a comma-separated string or a list): a cluster's nodes.
             **kwargs: more arguments for :class:`Client` (``curve=``, ...).
         """
         kwargs.setdefault("rooms", self.rooms)

@@ -242,6 +242,10 @@ class ServerInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     # on the same store, so a client can tell a restart (seq goes on) from a
     # store that was lost or is in memory (seq starts again).
     store: str | None = None
+    # Addition: the ROUTER endpoints of the nodes of a cluster that share
+    # rooms, sessions and history (absent on a single broker). A client adds
+    # those it does not know to the endpoints it fails over to.
+    nodes: list[str] | None = None
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
