@@ -121,6 +121,8 @@ class Directory(Protocol):
     take, rename) ask at once; the others are written with the batch."""
 
     node: str
+    # The ROUTER endpoints of the live nodes, for welcome.server.nodes.
+    nodes: list[str]
 
     def find(self, key: str) -> SessionRecord | None: ...
 

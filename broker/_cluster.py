@@ -37,6 +37,7 @@ import redis
 from messages import Ack, Joined, decode_reply, encode
 
 from ._backend import SessionRecord
+from ._config import wildcard_host
 from ._redis import EVENTS_CHANNEL, PREFIX, RedisBackend, room_key
 
 if TYPE_CHECKING:
@@ -150,7 +151,11 @@ class Cluster:
         self.r: Any = backend.r
         self.node = node
         self.endpoint = endpoint
-        self.timeout_s = timeout_s
+        # A session of a node that died is reaped this long after its last
+        # renewal: its client notices the silence only after the timeout, then
+        # needs a moment to find another node, and must find its session
+        # there (a leave and a new join would tell the room it left).
+        self.lease_s = 2 * timeout_s
         self.node_channel = f"{PREFIX}node:{node}".encode()
         self._create = self.r.register_script(_CREATE)
         self._take = self.r.register_script(_TAKE)
@@ -166,6 +171,7 @@ class Cluster:
         self._probes = 0
         self._heard = time.monotonic()
         self.nodes: list[str] = []
+        self._renew(time.time(), None)  # listed before the first welcome
         self.reconnects = 0
         self.repaired = 0
         self.ps: Any = None
@@ -286,11 +292,11 @@ class Cluster:
         except redis.RedisError as err:
             log.warning("cluster upkeep failed: %s", err)
 
-    def _renew(self, now: float, core: Core) -> None:
+    def _renew(self, now: float, core: Core | None) -> None:
         pipe = self.r.pipeline(transaction=False)
-        deadline = now + self.timeout_s
+        deadline = now + self.lease_s
         pipe.hset(NODES, self.node, f"{self.endpoint} {now + 3 * TICK_S + 2}")
-        for s in core.sessions.values():
+        for s in core.sessions.values() if core is not None else ():
             k = session_key(s.key)
             pipe.zadd(LEASES, {k: deadline}, xx=True)
             pipe.zadd(ACTIVE, {k: s.last_active}, xx=True)
@@ -300,7 +306,8 @@ class Cluster:
         for node, value in found.items():
             endpoint, _, until = value.decode().rpartition(" ")
             if float(until) >= now:
-                nodes.append(endpoint)
+                if not wildcard_host(endpoint):  # (not one a client can reach)
+                    nodes.append(endpoint)
             elif node.decode() != self.node:
                 self.r.hdel(NODES, node)
         self.nodes = sorted(nodes)
@@ -328,13 +335,13 @@ class Cluster:
         self, key: str, nick: str, token: str, peer_key: str | None, quiet: bool, now: float
     ) -> bool:
         args: list[Any] = [nick, self.node, _hash(token), peer_key or "", "1" if quiet else "0"]
-        args += [now + self.timeout_s, now]
+        args += [now + self.lease_s, now]
         return bool(self._create(keys=[session_key(key), LEASES, ACTIVE], args=args))
 
     def take(self, key: str, token: str, peer_key: str | None, now: float) -> SessionRecord | None:
         fields = self._take(
             keys=[session_key(key), LEASES],
-            args=[_hash(token), peer_key or "", self.node, now + self.timeout_s, PREFIX + "node:"],
+            args=[_hash(token), peer_key or "", self.node, now + self.lease_s, PREFIX + "node:"],
         )
         if not fields:
             return None
@@ -345,7 +352,7 @@ class Cluster:
         ok = bool(
             self._rename(
                 keys=[session_key(old), session_key(new), LEASES, ACTIVE],
-                args=[nick, self.node, now + self.timeout_s, now],
+                args=[nick, self.node, now + self.lease_s, now],
             )
         )
         if ok:

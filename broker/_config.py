@@ -424,3 +424,8 @@ def default_store() -> str:
         os.path.expanduser("~"), ".local", "share"
     )
     return os.path.join(base, "zchat", "broker.db")
+
+
+def wildcard_host(endpoint: str) -> bool:
+    host = endpoint.partition("://")[2].rsplit(":", 1)[0].strip("[]")
+    return host in ("*", "0.0.0.0", "::")

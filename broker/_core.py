@@ -715,7 +715,12 @@ class Core:
         s.held_bytes = 0
 
     def _welcome(self, s: Session, rid: str | None) -> Welcome:
-        return msgspec.structs.replace(self._welcome_tail, id=rid, nick=s.nick, token=s.token)
+        w = msgspec.structs.replace(self._welcome_tail, id=rid, nick=s.nick, token=s.token)
+        if self.directory is not None and self.directory.nodes:
+            w = msgspec.structs.replace(
+                w, server=msgspec.structs.replace(w.server, nodes=list(self.directory.nodes))
+            )
+        return w
 
     def _again(self, s: Session, req: Hello, now: float, out: Outbox) -> None:
         if nick_key(req.nick) != s.key:

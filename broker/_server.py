@@ -94,11 +94,6 @@ def is_loopback(endpoint: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def wildcard_host(endpoint: str) -> bool:
-    host = endpoint.partition("://")[2].rsplit(":", 1)[0].strip("[]")
-    return host in ("*", "0.0.0.0", "::")
-
-
 def _peer_address(frame: zmq.Frame) -> str:
     try:
         return address_key(str(frame.get("Peer-Address")))

@@ -279,3 +279,96 @@ def test_a_lost_subscription_is_noticed_and_repaired(
             r.close()
 
     run(body(), timeout=60)
+
+
+def test_a_node_killed_at_full_speed_loses_nothing(nodes: Callable[..., list[Broker]]) -> None:
+    """Three nodes, a sender and a subscriber on each; the senders keep 50
+    says in flight each; node A is SIGKILLed midway. Its clients move on to
+    the others by token; every acknowledged message reaches every subscriber
+    once, in each sender's order, and the room's history is 1..N."""
+    a, b, c = nodes(3, "--rate", "0")
+    eps = [a.endpoint, b.endpoint, c.endpoint]
+
+    def rotated(i: int) -> list[str]:
+        return eps[i:] + eps[:i]
+
+    async def body() -> None:
+        subs = [Client(rotated(i), f"sub{i}") for i in range(3)]
+        sends = [Client(rotated(i), f"send{i}") for i in range(3)]
+        for cl in subs + sends:
+            await cl.start()
+        got: list[list[MsgEvent]] = [[], [], []]
+        acked: dict[str, list[int]] = {}
+        stop = asyncio.Event()
+
+        async def collect(i: int) -> None:
+            async for item in subs[i].items():
+                if isinstance(item, MsgEvent):
+                    got[i].append(item)
+                    if i == 2 and len(got[i]) % 2000 == 0:
+                        await asyncio.sleep(0.3)  # a subscriber that lags
+
+        async def send(cl: Client) -> None:
+            mine = acked.setdefault(cl.nick, [])
+            window = asyncio.Semaphore(50)
+
+            async def one(n: int) -> None:
+                try:
+                    await cl.say("general", f"{cl.nick}:{n}")
+                    mine.append(n)
+                finally:
+                    window.release()
+
+            n = 0
+            flying = []
+            while not stop.is_set():
+                await window.acquire()
+                flying.append(asyncio.ensure_future(one(n)))
+                n += 1
+            await asyncio.gather(*flying)
+
+        collectors = [asyncio.ensure_future(collect(i)) for i in range(3)]
+        senders = [asyncio.ensure_future(send(cl)) for cl in sends]
+        try:
+            await asyncio.sleep(1.5)  # traffic before the kill, not a wait for anything
+            a.kill()
+            await asyncio.sleep(5.0)  # and after it
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*senders), 60)
+            want = {f"{name}:{n}" for name, ns in acked.items() for n in ns}
+            total = len(want)
+            deadline = asyncio.get_running_loop().time() + 60
+            while any(not want <= {e.text for e in g} for g in got):
+                assert asyncio.get_running_loop().time() < deadline, [len(g) for g in got]
+                await asyncio.sleep(0.05)  # polling the collectors, bounded above
+            for i, g in enumerate(got):
+                texts = [e.text for e in g]
+                assert len(texts) == len(set(texts)), f"subscriber {i} got duplicates"
+                assert [e.seq for e in g] == sorted(e.seq for e in g)
+                for name in acked:
+                    mine = [int(t.split(":")[1]) for t in texts if t.split(":")[0] == name]
+                    assert mine == sorted(mine), f"subscriber {i}: {name} out of order"
+            events: list[Any] = []
+            after = 0
+            while True:
+                page, more = await subs[1].history("general", after=after, limit=500)
+                events += page
+                if not more:
+                    break
+                after = page[-1].seq
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            stored = [e.text for e in events if isinstance(e, MsgEvent)]
+            assert len(stored) == len(set(stored)) and want <= set(stored)
+            # The clients of A went on elsewhere, with their sessions.
+            assert subs[0].endpoint != a.endpoint and sends[0].endpoint != a.endpoint
+            assert not [e for e in events if isinstance(e, LeaveEvent)]
+            assert total > 3000, total
+            print(f"\nnode killed at full speed: {total} messages acknowledged")
+        finally:
+            stop.set()
+            for t in collectors + senders:
+                t.cancel()
+            for cl in subs + sends:
+                await cl.close(quiet=True)
+
+    run(body(), 150)
