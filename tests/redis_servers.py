@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import importlib.util
 import re
 import shutil
@@ -92,6 +93,12 @@ def find_redis_server() -> tuple[str, str]:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _binaries() -> tuple[str, str]:
+    """``find_redis_server()`` once per test run."""
+    return find_redis_server()
+
+
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -132,7 +139,7 @@ def _die_with_parent() -> None:
 _PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
 
 
-def _is_redis_alive(pid: int) -> bool:
+def is_redis_alive(pid: int) -> bool:
     """Whether ``pid`` is a live (not zombie) redis-server process."""
     proc = Path(f"/proc/{pid}")
     try:
@@ -174,6 +181,10 @@ class RedisServer:
     fsynced, before it is acknowledged, so ``kill()`` then ``restart()``
     brings the data back; without it nothing is persisted.
     ``extra_args`` go to redis-server as they are (``"--maxmemory", "1mb"``).
+
+    On Linux the server also dies with the thread that started it (so a
+    test run killed outright leaves none behind): start servers from the
+    main thread, or from a thread that outlives them.
     """
 
     def __init__(
@@ -184,7 +195,7 @@ class RedisServer:
         extra_args: tuple[str, ...] = (),
         cluster: bool = False,
     ) -> None:
-        self.server_bin, self.cli_bin = find_redis_server()
+        self.server_bin, self.cli_bin = _binaries()
         self._own_dir = workdir is None
         self.dir = Path(tempfile.mkdtemp(prefix="redis-")) if workdir is None else workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -369,7 +380,13 @@ class RedisServer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
-        return self.start() if not self.running() else self
+        if not self.running():
+            try:
+                self.start()
+            except BaseException:
+                self.stop()
+                raise
+        return self
 
     def __exit__(
         self,

