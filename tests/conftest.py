@@ -9,6 +9,7 @@ import zmq
 from hypothesis import HealthCheck, settings
 
 from .helpers import Broker, RawClient
+from .redis_servers import RedisClusterServers, RedisServer
 
 # CI machines are shared and slow: no deadlines per example, a fixed budget.
 settings.register_profile(
@@ -63,3 +64,17 @@ def raw(broker: Broker, zctx: zmq.Context[Any]) -> Callable[[], RawClient]:
     yield make  # type: ignore[misc]
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server, every write fsynced to its AOF; killed after."""
+    with RedisServer(tmp_path / "redis", aof=True) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """Three Redis cluster masters covering all 16384 slots; killed after."""
+    with RedisClusterServers(tmp_path / "redis-cluster") as cluster:
+        yield cluster
