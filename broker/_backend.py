@@ -88,6 +88,11 @@ class Backend(Protocol):
     def recent_pm_acks(self, since: float) -> Iterator[tuple[str, str, bytes]]:
         """``(sender, req_id, ack)`` of each ``pm`` acknowledged since ``since``."""
 
+    def pm_ack(self, sender: str, req_id: str) -> bytes | None:
+        """The ack of a private message taken already, for a resend that
+        reached another node of a cluster (a single broker has them all in
+        memory, loaded by recent_pm_acks)."""
+
     def nick_claims(self) -> dict[str, tuple[str, float]]: ...
 
     def nick_claim(self, nick: str) -> tuple[str, float] | None: ...

@@ -376,10 +376,10 @@ class Cluster:
         ops.append(("hdel", session_key(key), "r:" + room))
 
     def ended(self, key: str) -> None:
-        self.backend.ops.append((self._run_end, key))
+        self.backend.ops.append((self._run_end, session_key(key)))
 
-    def _run_end(self, pipe: Any, key: str) -> None:
-        self._end(keys=[session_key(key), LEASES, ACTIVE], args=[self.node], client=pipe)
+    def _run_end(self, pipe: Any, record: str) -> None:
+        self._end(keys=[record, LEASES, ACTIVE], args=[self.node], client=pipe)
 
     def members(self, room: str) -> list[tuple[str, bool]]:
         return [

@@ -887,6 +887,13 @@ class Core:
     def _pm(self, s: Session, req: Pm, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
             return
+        if self.directory is not None and req.id is not None:
+            # Sent first to a node that died before answering, perhaps.
+            first = self.store.pm_ack(s.key, req.id)
+            if first is not None:
+                self.recent.add(s.dedup + req.id, first, now)
+                out.replies.append((s.ident, first))
+                return
         target = self.nicks.get(nick_key(req.to))
         if target is None and self.directory is not None:
             self._pm_elsewhere(s, req, now, out)

@@ -33,11 +33,12 @@ import logging
 import os
 import secrets
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 import redis
+import redis.cluster
 
 from messages import nick_key
 
@@ -110,7 +111,7 @@ def room_key(room: str, what: str) -> str:
     return f"{PREFIX}{{{room}}}:{what}"
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, *, cluster: bool = False) -> Any:
     """A client for ``url`` (``redis://``, ``rediss://``, ``unix://``); the
     password comes from the URL or ``ZCHAT_REDIS_PASSWORD``.
 
@@ -126,6 +127,8 @@ def connect(url: str) -> redis.Redis:
     }
     if not parts.password and os.environ.get("ZCHAT_REDIS_PASSWORD"):
         kwargs["password"] = os.environ["ZCHAT_REDIS_PASSWORD"]
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)
 
 
@@ -151,8 +154,14 @@ class RedisBackend:
         # redis-py types its answers as bytes or str by a constructor flag:
         # Any here, and the code reads bytes (decode_responses is off).
         self.r: Any = connect(url)
+        self.clustered = False
         try:
             self.r.ping()
+            if self.r.info("cluster").get("cluster_enabled"):
+                # A Redis Cluster: a client that follows its slots.
+                self.r.close()
+                self.r = connect(url, cluster=True)
+                self.clustered = True
             self.store_id = self.new_store_id()
             self.durability = self._durability()
         except redis.RedisError as err:
@@ -232,45 +241,75 @@ class RedisBackend:
     def drop_nick_claim(self, nick: str) -> None:
         self._claims[nick] = None
 
+    def _pipes(self) -> tuple[Callable[[str | bytes], Any], Callable[[], dict[int, list[Any]]]]:
+        """``(pipe_for, execute)``: the pipeline a command on a key goes
+        into, and running them all. One pipeline on a single Redis; on a
+        Redis Cluster one per master, plain ones, since redis-py's cluster
+        pipeline refuses scripts (a room's keys share a slot, so its script
+        runs where that slot is)."""
+        if not self.clustered:
+            pipe = self.r.pipeline(transaction=False)
+            return (lambda key: pipe), lambda: {id(pipe): pipe.execute()}
+        pipes: dict[str, Any] = {}
+
+        def pipe_for(key: str | bytes) -> Any:
+            node = self.r.get_node_from_key(key)
+            pipe = pipes.get(node.name)
+            if pipe is None:
+                pipe = pipes[node.name] = self.r.get_redis_connection(node).pipeline(
+                    transaction=False
+                )
+            return pipe
+
+        return pipe_for, lambda: {id(p): p.execute() for p in pipes.values()}
+
     def commit(self) -> None:
         self.results = {}
         if not (self._events or self._topics or self._claims or self._pm_ids or self.ops):
             return
-        pipe = self.r.pipeline(transaction=False)
+        pipe_for, execute = self._pipes()
         rooms = list(self._events.items())
+        # Where each room's answer will be: (its pipeline, its place there).
+        places: list[tuple[Any, int]] = []
         for room, events in rooms:
             keys = [room_key(room, "meta"), room_key(room, "log")]
             args: list[Any] = [len(events), self.maxlen, EVENTS_CHANNEL, int(DEDUP_S)]
             for _, body, head, ident in events:
                 keys.append(room_key(room, "id:" + ident))
                 args += [body, head.ts, len(keys)]
+            pipe = pipe_for(keys[0])
+            places.append((pipe, len(pipe)))
             self._append(keys=keys, args=args, client=pipe)
         for room, topic in self._topics.items():
-            pipe.hset(room_key(room, "meta"), "topic", topic)
+            pipe_for(room_key(room, "meta")).hset(room_key(room, "meta"), "topic", topic)
         for nick, claim in self._claims.items():
             if claim is None:
-                pipe.hdel(CLAIMS_KEY, nick)
+                pipe_for(CLAIMS_KEY).hdel(CLAIMS_KEY, nick)
             else:
-                pipe.hset(CLAIMS_KEY, nick, f"{claim[1]} {claim[0]}")
+                pipe_for(CLAIMS_KEY).hset(CLAIMS_KEY, nick, f"{claim[1]} {claim[0]}")
         for sender, req_id, reply in self._pm_ids:
-            pipe.set(f"{PREFIX}pmid:{dedup_key(sender, req_id)}", reply, ex=int(DEDUP_S))
+            key = f"{PREFIX}pmid:{dedup_key(sender, req_id)}"
+            pipe_for(key).set(key, reply, ex=int(DEDUP_S))
         for op in self.ops:
+            # (name or script, key, more args...)
             if callable(op[0]):
-                op[0](pipe, *op[1:])
+                op[0](pipe_for(op[1]), *op[1:])
             else:
-                getattr(pipe, op[0])(*op[1:])
+                getattr(pipe_for(op[1]), op[0])(*op[1:])
         try:
-            answers = pipe.execute()
+            answers = execute()
         except redis.RedisError as err:
             # Kept whole, ids and all, for the next commit (the shell refuses
             # writes meanwhile): what Redis did of it is found again by the
             # id keys, never done twice.
             self.failed = True
+            if self.clustered:
+                self.r.nodes_manager.initialize()  # slots may have moved
             raise StoreFull(f"cannot write to Redis at {describe(self.url)}: {err}") from None
         self.failed = False
-        for (room, events), answer in zip(rooms, answers, strict=False):
+        for (room, events), (pipe, place) in zip(rooms, places, strict=True):
             found: dict[int, int | tuple[int, str]] = {}
-            for (seq, _, _, _), got in zip(events, answer, strict=True):
+            for (seq, _, _, _), got in zip(events, answers[id(pipe)][place], strict=True):
                 if isinstance(got, bytes):
                     first, _, ts = got.decode().partition(" ")
                     found[seq] = (int(first), ts)

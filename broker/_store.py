@@ -564,6 +564,9 @@ class Store:
         # autocommit mode): an idle broker must not sit on the write lock.
         self._db.execute("DELETE FROM pm_ids WHERE at < ?", (before,))
 
+    def pm_ack(self, sender: str, req_id: str) -> bytes | None:
+        return None  # (the core remembers every one, from recent_pm_acks)
+
     def nick_claims(self) -> dict[str, tuple[str, float]]:
         """Every nick claim: ``nick key -> (public key, last used)``."""
         self.flush()

@@ -123,10 +123,13 @@ def test_a_dead_nodes_sessions_time_out_once(nodes: Callable[[int], list[Broker]
         async with Client(b.endpoint, "bob") as bob:
             ghost = Client(a.endpoint, "ghost")
             await ghost.start()
+            # Gone without a bye, as if its machine died with the node (a
+            # live client would learn the other nodes from its welcome and
+            # take its session there).
+            await ghost.close(quiet=True)
             a.kill()
             left = await _until(bob, lambda i: isinstance(i, LeaveEvent), timeout=20)
             assert (left.nick, left.reason) == ("ghost", "timeout")
-            await ghost.close(quiet=True)
             events, _ = await bob.history("general")
             assert [e.nick for e in events if isinstance(e, LeaveEvent)] == ["ghost"]
             who = await bob.who()
@@ -302,3 +305,46 @@ def test_a_node_killed_at_full_speed_loses_nothing(nodes: Callable[..., list[Bro
                 await cl.close(quiet=True)
 
     run(body(), 150)
+
+
+def test_on_a_redis_cluster_rooms_spread_over_its_masters(
+    make_broker: Callable[..., Broker], redis_cluster: Any
+) -> None:
+    """The same, on a Redis Cluster of three masters: each room's keys in
+    one slot (its hash tag), the rooms on different masters."""
+    a, b = (
+        make_broker("--cluster", redis_cluster.url, "--timeout-ms", "3000", "--heartbeat-ms", "500")
+        for _ in range(2)
+    )
+    rooms = [f"room{i}" for i in range(8)]
+    rc = redis_cluster.client()
+    masters = {rc.get_node_from_key("zchat:{" + r + "}:meta").name for r in rooms}
+    assert len(masters) >= 2  # the rooms are spread, or the test proves little
+
+    async def body() -> None:
+        async with (
+            Client(a.endpoint, "alice", rooms=rooms) as alice,
+            Client([b.endpoint, a.endpoint], "bob", rooms=rooms) as bob,
+        ):
+            acks = [await alice.say(r, f"in {r}") for r in rooms]
+            got = {}
+            while len(got) < len(rooms):
+                item = await bob.next_item(10)
+                if isinstance(item, MsgEvent):
+                    got[item.room] = (item.text, item.seq)
+            assert got == {r: (f"in {r}", ack.seq) for r, ack in zip(rooms, acks, strict=True)}
+            who = await alice.who()
+            assert sorted(u.nick for u in who.users) == ["alice", "bob"]
+            pm = await bob.pm("alice", "psst")
+            assert pm.to == "alice"
+            assert (await _until(alice, lambda i: isinstance(i, PmPush))).text == "psst"
+            for r in rooms[:3]:
+                events, _ = await bob.history(r)
+                assert [e.seq for e in events] == [1, 2, 3]
+            # bob's node dies; bob goes on on alice's, with his session.
+            b.kill()
+            ack = await bob.say("room0", "after the kill")
+            got2 = await _until(alice, lambda i: isinstance(i, MsgEvent) and i.room == "room0")
+            assert (got2.text, got2.seq) == ("after the kill", ack.seq)
+
+    run(body(), 90)
