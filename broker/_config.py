@@ -145,6 +145,14 @@ class Config:
         metavar="N",
         group="cluster",
     )
+    redis_wait: int = _opt(
+        0,
+        "in a cluster, acknowledge a batch only once N Redis replicas have it (WAIT), "
+        "so that a failover to one of them loses nothing acknowledged",
+        parse=_count,
+        metavar="N",
+        group="cluster",
+    )
     node_endpoint: str | None = _opt(
         None,
         "in a cluster, the ROUTER endpoint other nodes' clients can reach this node "

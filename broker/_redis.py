@@ -52,6 +52,9 @@ EVENTS_CHANNEL = b"zchat:events"
 STORE_KEY = "zchat:store"
 CLAIMS_KEY = "zchat:claims"
 REDIS_TIMEOUT_S = 5.0
+# How long a batch waits for its replicas (--redis-wait) before it is
+# refused for now and tried again.
+WAIT_MS = 1_000
 
 # KEYS: the room's meta hash, its stream, then the id key of each event.
 # ARGV: the count of events, the stream's MAXLEN (0: none), the channel,
@@ -147,10 +150,11 @@ class RedisBackend:
         StoreError: Redis cannot be reached or used.
     """
 
-    def __init__(self, url: str, *, node: str, maxlen: int = 0) -> None:
+    def __init__(self, url: str, *, node: str, maxlen: int = 0, wait_replicas: int = 0) -> None:
         self.url = url
         self.node = node
         self.maxlen = maxlen
+        self.wait_replicas = wait_replicas
         # redis-py types its answers as bytes or str by a constructor flag:
         # Any here, and the code reads bytes (decode_responses is off).
         self.r: Any = connect(url)
@@ -249,7 +253,7 @@ class RedisBackend:
         runs where that slot is)."""
         if not self.clustered:
             pipe = self.r.pipeline(transaction=False)
-            return (lambda key: pipe), lambda: {id(pipe): pipe.execute()}
+            return (lambda key: pipe), lambda: {id(pipe): self._execute(pipe)}
         pipes: dict[str, Any] = {}
 
         def pipe_for(key: str | bytes) -> Any:
@@ -261,7 +265,24 @@ class RedisBackend:
                 )
             return pipe
 
-        return pipe_for, lambda: {id(p): p.execute() for p in pipes.values()}
+        return pipe_for, lambda: {id(p): self._execute(p) for p in pipes.values()}
+
+    def _execute(self, pipe: Any) -> list[Any]:
+        """Run a batch's pipeline; with ``wait_replicas``, it counts only
+        once that many replicas have it (WAIT, on the same connection)."""
+        if self.wait_replicas <= 0:
+            return list(pipe.execute())
+        pipe.execute_command("WAIT", self.wait_replicas, WAIT_MS)
+        answers = list(pipe.execute())
+        copies = int(answers.pop())
+        if copies < self.wait_replicas:
+            # Applied on the primary but not yet safe: nothing is acked; the
+            # retry finds it all there (id keys) and waits again.
+            raise redis.TimeoutError(
+                f"{copies} of the {self.wait_replicas} replicas asked for (--redis-wait) "
+                f"had the batch within {WAIT_MS} ms"
+            )
+        return answers
 
     def commit(self) -> None:
         self.results = {}

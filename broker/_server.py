@@ -115,7 +115,10 @@ class Server:
         self.store: Backend
         if config.cluster is not None:
             self.store = RedisBackend(
-                config.cluster, node=secrets.token_hex(4), maxlen=config.cluster_max_events
+                config.cluster,
+                node=secrets.token_hex(4),
+                maxlen=config.cluster_max_events,
+                wait_replicas=config.redis_wait,
             )
         else:
             self.store = Store(config.store, fsync=config.fsync, max_mb=config.store_max_mb)

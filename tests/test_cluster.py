@@ -12,6 +12,7 @@ from client import Client, Reconnected
 from messages import JoinEvent, LeaveEvent, MsgEvent, PmPush
 
 from .helpers import Broker, run
+from .redis_servers import RedisServer
 
 
 async def _until(client: Client, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
@@ -348,3 +349,32 @@ def test_on_a_redis_cluster_rooms_spread_over_its_masters(
             assert (got2.text, got2.seq) == ("after the kill", ack.seq)
 
     run(body(), 90)
+
+
+def test_redis_wait_acknowledges_only_what_a_replica_has(
+    make_broker: Callable[..., Broker], redis_server: Any, tmp_path: Any
+) -> None:
+    replica = RedisServer(
+        tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1", str(redis_server.port))
+    )
+    replica.start()
+    try:
+        node = make_broker("--cluster", redis_server.url, "--redis-wait", "1")
+
+        async def body() -> None:
+            async with Client(node.endpoint, "alice") as alice:
+                ack = await alice.say("general", "kept twice")
+                copy = replica.client()
+                assert copy.xlen("zchat:{general}:log") == ack.seq  # on the replica already
+                replica.kill()
+                pending = asyncio.ensure_future(alice.say("general", "waits for a replica"))
+                done, _ = await asyncio.wait({pending}, timeout=2.5)
+                assert not done  # not acknowledged while no replica has it
+                replica.restart()
+                later = await asyncio.wait_for(pending, 30)
+                assert later.seq == ack.seq + 1
+                assert replica.client().xlen("zchat:{general}:log") == later.seq
+
+        run(body(), 60)
+    finally:
+        replica.stop()
