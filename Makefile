@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean venv install
+.PHONY: run test bench lint clean venv install cluster
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "zchat needs Python 3.10 or newer")'
@@ -24,6 +24,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(ARGS)
 
+# Redis and three broker nodes on loopback (5554; 5555, 5565, 5575), to try cluster mode.
+cluster: $(STAMP)
+	$(BIN)/python -m tests.run_cluster $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check broker client messages tests
 	$(BIN)/ruff format --check broker client messages tests
@@ -36,4 +40,4 @@ install: $(STAMP)
 	@echo "zchat and zchat-broker are in ~/.local/bin (is it on your PATH?)"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .cluster

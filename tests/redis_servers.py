@@ -327,10 +327,15 @@ class RedisServer:
             return False
         return True
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start on a free loopback port; a port lost to a race is picked again."""
+    def start(self, timeout: float = 10.0, *, port: int | None = None) -> RedisServer:
+        """Start on a free loopback port; a port lost to a race is picked
+        again. ``port``: that one (for ``make cluster``, not for tests)."""
         if self.running():
             raise RuntimeError("the Redis server is already running")
+        if port is not None:
+            if not self._launch(port, timeout):
+                raise RuntimeError(f"port {port} is taken")
+            return self
         for _ in range(20):
             if self._launch(pick_port(self.cluster), timeout):
                 return self
