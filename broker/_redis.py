@@ -97,6 +97,12 @@ return out
 """
 
 
+_REPLACE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
 class _Head(msgspec.Struct):
     """What the backend reads of an event body."""
 
@@ -167,6 +173,7 @@ class RedisBackend:
                 self.r = connect(url, cluster=True)
                 self.clustered = True
             self.store_id = self.new_store_id()
+            self.replid = self._replication()[0]
             self.durability = self._durability()
         except redis.RedisError as err:
             self.r.close()
@@ -185,17 +192,37 @@ class RedisBackend:
         # event that was there already (a resend) its (seq, ts).
         self.results: dict[str, dict[int, int | tuple[int, str]]] = {}
 
-    def new_store_id(self) -> str:
-        """The cluster's store id: made by the first node to ask, read by the others."""
+    def new_store_id(self, *, replacing: str | None = None) -> str:
+        """The cluster's store id: made by the first node to ask, read by
+        the others; ``replacing``: a new one in place of that one (which
+        only the first node to notice replaces)."""
+        if replacing is not None:
+            self.r.eval(_REPLACE, 1, STORE_KEY, replacing, secrets.token_hex(8))
         self.r.set(STORE_KEY, secrets.token_hex(8), nx=True)
         value = self.r.get(STORE_KEY)
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def store_lost(self) -> bool:
-        """Whether Redis lost what this node knows (restarted empty, or a
-        replica without it took over): its store id is gone or changed."""
+        """Whether Redis lost what this node knows: its store id is gone or
+        changed (Redis restarted empty, or another node saw that first), or
+        a replica took the primary's place. Replication is asynchronous, so
+        a promoted replica may miss the last writes, and seqs that clients
+        have seen would be given again: the replica keeps the store id, but
+        its replication id tells (its previous one is the old primary's)."""
         value = self.r.get(STORE_KEY)
-        return value is None or value.decode() != self.store_id
+        if value is None or value.decode() != self.store_id:
+            return True
+        replid, previous = self._replication()
+        promoted = replid != self.replid and previous == self.replid
+        self.replid = replid
+        return promoted
+
+    def _replication(self) -> tuple[str, str]:
+        """The primary's replication id and its previous one."""
+        if self.clustered:
+            return "", ""  # (each master has its own; a failover shows as a lost key)
+        info = self.r.info("replication")
+        return str(info.get("master_replid", "")), str(info.get("master_replid2", ""))
 
     def _durability(self) -> str:
         info = self.r.info("server")

@@ -432,9 +432,13 @@ class Server:
         id, so its clients see a changed store and reload, as after a
         broker restart with a lost store."""
         assert self.cluster is not None and isinstance(self.store, RedisBackend)
-        self.cluster.store_lost = False
+        self.cluster.store_lost = False  # (set again by the next check if this fails)
         old = self.store.store_id
-        self.store.store_id = self.store.new_store_id()
+        try:
+            self.store.store_id = self.store.new_store_id(replacing=old)
+        except redis.RedisError as err:
+            log.error("Redis lost this cluster's state, and cannot be reached: %s", err)
+            return
         log.error(
             "Redis no longer holds this cluster's state (store %s, now %s): starting "
             "over; clients reload their rooms",

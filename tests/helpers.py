@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -213,3 +215,65 @@ class RawClient:
     def close(self) -> None:
         self.dealer.close(0)
         self.sub.close(0)
+
+
+class PausableProxy:
+    """A TCP proxy (in front of a broker's ROUTER, or a Redis) that can stop
+    moving bytes, or send them elsewhere."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit("/", 1)[1].rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = False
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                conn.close()  # the target is down: so is this connection
+                continue
+            self.socks += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def retarget(self, target: str) -> None:
+        """Send new connections to ``target`` and cut the present ones."""
+        host, port = target.rsplit("/", 1)[1].rsplit(":", 1)
+        self.target = (host, int(port))
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.flowing.set()
+        self.listener.close()
+        for s in self.socks:
+            s.close()

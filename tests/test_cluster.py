@@ -11,7 +11,7 @@ import pytest
 from client import Client, Reconnected
 from messages import JoinEvent, LeaveEvent, MsgEvent, PmPush
 
-from .helpers import Broker, run
+from .helpers import Broker, PausableProxy, run, wait_until
 from .redis_servers import RedisServer
 
 
@@ -377,4 +377,46 @@ def test_redis_wait_acknowledges_only_what_a_replica_has(
 
         run(body(), 60)
     finally:
+        replica.stop()
+
+
+def test_a_promoted_replica_makes_clients_reload(
+    make_broker: Callable[..., Broker], redis_server: Any, tmp_path: Any
+) -> None:
+    """The primary dies and its replica takes over (as Sentinel would make
+    it; here by hand, behind a proxy that follows the primary). The replica
+    may miss the last writes, so seqs clients saw could be given again: the
+    nodes notice by the replication ids and start over with a new store id."""
+    replica = RedisServer(
+        tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1", str(redis_server.port))
+    )
+    replica.start()
+    proxy = PausableProxy(f"tcp://127.0.0.1:{redis_server.port}")
+    url = proxy.endpoint.replace("tcp://", "redis://") + "/0"
+    try:
+        a, b = (make_broker("--cluster", url, "--timeout-ms", "3000") for _ in range(2))
+
+        async def body() -> None:
+            async with Client(a.endpoint, "alice") as alice, Client(b.endpoint, "bob") as bob:
+                store = alice.welcome.server.store if alice.welcome else None
+                ack = await alice.say("general", "before the failover")
+                copy = replica.client()
+                wait_until(lambda: copy.xlen("zchat:{general}:log") >= ack.seq, 10, "replication")
+                redis_server.kill()
+                copy.execute_command("REPLICAOF", "NO", "ONE")
+                proxy.retarget(f"tcp://127.0.0.1:{replica.port}")
+                again = await _until(alice, lambda i: isinstance(i, Reconnected), timeout=30)
+                assert again.restarted
+                assert alice.welcome is not None and alice.welcome.server.store != store
+                later = await bob.say("general", "after the failover")
+                got = await _until(
+                    alice, lambda i: isinstance(i, MsgEvent) and i.text == "after the failover"
+                )
+                assert got.seq == later.seq
+                events, _ = await alice.history("general")
+                assert "before the failover" in [getattr(e, "text", None) for e in events]
+
+        run(body(), 90)
+    finally:
+        proxy.close()
         replica.stop()

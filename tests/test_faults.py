@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from .chaos import (
     until,
     wait_for_reader,
 )
-from .helpers import ROOT, Broker, RawClient, run, wait_until
+from .helpers import ROOT, Broker, PausableProxy, RawClient, run, wait_until
 
 
 def test_broker_killed_under_steady_traffic(broker: Broker) -> None:
@@ -222,53 +221,6 @@ def test_frozen_client_times_out_and_comes_back(broker: Broker, zctx: Any) -> No
     seqs = [e["seq"] for e in got]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # nothing missed, nothing twice
     watcher.close()
-
-
-class PausableProxy:
-    """A TCP proxy in front of the broker's ROUTER that can stop moving bytes."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.rsplit("/", 1)[1].rsplit(":", 1)
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"tcp://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.closed = False
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.socks += [conn, upstream]
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                self.flowing.wait()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.closed = True
-        self.flowing.set()
-        self.listener.close()
-        for s in self.socks:
-            s.close()
 
 
 def test_stalled_network_path_recovers(broker: Broker) -> None:
