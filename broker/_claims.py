@@ -47,8 +47,12 @@ class Claims:
         lapse_days: float,
         bounded: bool,
         max_claims: int = 0,
+        shared: bool = False,
     ) -> None:
         self.store = store
+        # Other brokers (nodes of a cluster) claim nicks in the same store:
+        # a nick not claimed here is looked up there before it is given.
+        self.shared = shared
         self.per_key = per_key if bounded else 0
         self.lapse_s = lapse_days * DAY_S if bounded else 0.0
         self.max_claims = max_claims if bounded else 0
@@ -62,6 +66,12 @@ class Claims:
 
     def owner(self, nick_key: str, now: float) -> str | None:
         """The key the nick (or a nick that looks like it) belongs to, if any."""
+        if self.shared and nick_key not in self.owners:
+            found = self.store.nick_claim(nick_key)
+            if found is not None and nick_skeleton(nick_key) not in self.by_skeleton:
+                self.owners[nick_key] = found
+                self.by_skeleton[nick_skeleton(nick_key)] = nick_key
+                self.count[found[0]] += 1
         claimed = self.by_skeleton.get(nick_skeleton(nick_key))
         if claimed is None:
             return None

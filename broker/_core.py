@@ -302,6 +302,7 @@ class Core:
                 lapse_days=config.nick_claim_days,
                 bounded=config.allow_keys is None,
                 max_claims=config.max_claims,
+                shared=directory is not None,
             )
         self.read_only = False  # set by the shell while the store takes no writes
         # Says take the batch's own path (see batch); off, they go the way

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from client import Client, Reconnected
+from broker._keys import keygen
+from client import Client, Reconnected, ZchatError
+from client._keys import curve_keys
 from messages import JoinEvent, LeaveEvent, MsgEvent, PmPush
 
 from .helpers import Broker, PausableProxy, run, wait_until
@@ -420,3 +422,26 @@ def test_a_promoted_replica_makes_clients_reload(
     finally:
         proxy.close()
         replica.stop()
+
+
+def test_with_curve_a_nick_claimed_on_one_node_is_claimed_on_all(
+    make_broker: Callable[..., Broker], redis_server: Any, tmp_path: Any
+) -> None:
+    keygen(tmp_path / "server")
+    secret = str(tmp_path / "server" / "broker.key_secret")
+    a, b = (make_broker("--cluster", redis_server.url, "--curve-secret", secret) for _ in range(2))
+
+    def keys(who: str) -> Any:
+        return curve_keys(str(tmp_path / "server" / "broker.key"), key_dir=tmp_path / who)
+
+    async def body() -> None:
+        async with Client(a.endpoint, "alice", curve=keys("alice")) as alice:
+            await alice.say("general", "mine")
+        # alice is gone; her nick stays hers, on the other node too.
+        with pytest.raises(ZchatError, match="belongs to another key"):
+            async with Client(b.endpoint, "alice", curve=keys("mallory")):
+                pass
+        async with Client(b.endpoint, "alice", curve=keys("alice")) as again:
+            assert again.nick == "alice"
+
+    run(body(), 60)
