@@ -253,12 +253,7 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
                     t.close()
                 admin.flushall()  # the next nodes start on an empty Redis
 
-        import sys
-
-        T0 = time.monotonic()
-        P = lambda w: print(f"   [{time.monotonic() - T0:.1f}] {w}", file=sys.stderr, flush=True)  # noqa
         raw, body_bytes, inside = script_rate(server, 1.0 if quick else 2.0)
-        P("raw done")
         singles, ones, threes = [], [], []
         for _ in range(tries):
             singles.append(single(n=n))
@@ -306,7 +301,6 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
                 )
             )
 
-        P("ingest done")
         fans = [(single(n=fan_n, subs=300), cluster(3, 100, n=fan_n)) for _ in range(tries)]
         one = max((f[0] for f in fans), key=lambda r: r["deliveries"])
         three = max((f[1] for f in fans), key=lambda r: r["deliveries"])
@@ -321,7 +315,6 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
             )
         )
 
-        P("fanout done")
         nodes: list[Broker] = []
         try:
             for k in range(3):
