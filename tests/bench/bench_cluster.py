@@ -256,13 +256,14 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
                     t.close()
                 admin.flushall()  # the next nodes start on an empty Redis
 
-        raw, body_bytes, inside = script_rate(server, 1.0 if quick else 2.0)
-        singles, ones, threes = [], [], []
+        raws, singles, ones, threes = [], [], [], []
         for _ in range(tries):
+            raws.append(script_rate(server, 1.0 if quick else 1.5))
             singles.append(single(n=n))
             ones.append(cluster(1, 1, n=n))
             threes.append(cluster(3, 1, n=n))
         base = max(r["rate"] for r in singles)
+        raw, body_bytes, inside = max(raws)
 
         def spread(runs: list[dict[str, Any]]) -> str:
             rates = sorted(r["rate"] / 1000 for r in runs)
@@ -280,7 +281,8 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
                 f"{raw:,.0f} ev/s",
                 f"redis-py pipeline, one {BATCH}-event batch ({body_bytes}-byte bodies, one "
                 f"room) per round trip; AOF fsync always; 1 channel subscriber; "
-                f"{inside:.1f} us/event inside Redis (the ceiling)",
+                f"{inside:.1f} us/event inside Redis (the ceiling); best of {len(raws)}: "
+                + ", ".join(f"{r / 1000:,.1f}k" for r, _, _ in sorted(raws)),
             )
         )
         rows.append(
