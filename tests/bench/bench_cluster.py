@@ -24,6 +24,7 @@ Load generator, targets and subscriber counting are those of
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import subprocess
 import tempfile
@@ -157,6 +158,23 @@ async def _wait(cond: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.005)  # polling interval of a deadline wait
 
 
+class _Lines(logging.Handler):
+    """What the client logs (how it moves), with when."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((time.monotonic(), record.getMessage()))
+
+
+def _named(line: str, endpoints: list[str]) -> str:
+    for k, e in enumerate(endpoints):
+        line = line.replace(e, f"node {k}")
+    return line
+
+
 async def _failover(nodes: list[Broker], rounds: int) -> dict[str, Any]:
     endpoints = [b.endpoint for b in nodes]
     talker = _Watch(Client(endpoints, "talker"))
@@ -165,6 +183,12 @@ async def _failover(nodes: list[Broker], rounds: int) -> dict[str, Any]:
     acks: dict[str, int] = {}
     kills: list[int] = []
     moves: list[str] = []  # killed node > the node the talker moved to
+    said: list[list[str]] = []  # what the talker logged in each round
+    lines = _Lines()
+    logger = logging.getLogger("zchat.client")
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
     try:
         for w in (talker, *watchers):
             await w.start()
@@ -177,6 +201,7 @@ async def _failover(nodes: list[Broker], rounds: int) -> dict[str, Any]:
             )
             x = endpoints.index(talker.client.endpoint)
             kills.append(x)
+            lines.lines.clear()
             # Says in flight at the kill: handed to ZeroMQ (one turn of the
             # loop runs each task up to its send) but not yet acknowledged.
             racing = [f"in flight {i}.{k}" for k in range(3)]
@@ -197,6 +222,8 @@ async def _failover(nodes: list[Broker], rounds: int) -> dict[str, Any]:
             await _wait(lambda t=text, w=third: t in w.seen, 30, f"{text!r} on node {3 - x - y}")
             times.append(max(acked, third.seen[text][0][1]) - t0)
             moves.append(f"{x}>{y}")
+            said.append([f"+{t - t0:.2f}s {_named(m, endpoints)}" for t, m in lines.lines])
+            lines.lines.clear()
             nodes[x].start()
         last = "the end"
         acks[last] = (await asyncio.wait_for(talker.client.say("general", last), 30)).seq
@@ -215,11 +242,14 @@ async def _failover(nodes: list[Broker], rounds: int) -> dict[str, Any]:
             "times": times,
             "kills": kills,
             "moves": moves,
+            "said": said,
             "problems": problems,
             "messages": len(acks),
             "reconnects": talker.client.stats["reconnects"],
         }
     finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
         for w in (talker, *watchers):
             await w.close()
 
@@ -332,7 +362,10 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
         finally:
             for b in nodes:
                 b.close()
-        slowest = f["moves"][f["times"].index(max(f["times"]))]
+        worst = f["times"].index(max(f["times"]))
+        slowest = f["moves"][worst]
+        # A round past twice the timeout: what the client said, to see why.
+        why = "; ".join(f["said"][worst]) if max(f["times"]) > 2 * TIMEOUT_MS / 1000 else ""
         times = sorted(f["times"])
         p99 = statistics.quantiles(times, n=100, method="inclusive")[98]
         rows.append(
@@ -348,7 +381,8 @@ def run(quick: bool = False) -> list[tuple[str, str, str]]:
                     f"{f['messages']} messages each once, in order, on every node"
                     if not f["problems"]
                     else "PROBLEMS: " + "; ".join(f["problems"][:5])
-                ),
+                )
+                + (f"; the slowest round, the client logged: {why}" if why else ""),
             )
         )
     return rows
