@@ -2,7 +2,7 @@
 
 * Redis's ceiling: how fast a pipelined redis-py client runs the broker's
   own append script (``_APPEND`` of ``broker/_redis.py``), a batch of 100
-  events of ~170 bytes to one room per round trip, as a commit does, on a
+  events of ~160 bytes to one room per round trip, as a commit does, on a
   Redis with AOF fsynced always and one subscriber on ``zchat:events``.
 * ingest: ``say`` requests per second through one node and through three
   (one generator per node), all in the one room ``bench``, each acknowledged
