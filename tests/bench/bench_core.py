@@ -75,9 +75,12 @@ def _generator(
     go: Any,
     curve: tuple[bytes, bytes, bytes] | None,
     result: Any,
+    nick: str = "gen",
 ) -> None:
     """Send ``n`` say frames over ``conns`` DEALERs, as fast as possible
-    (``rate`` 0) or paced at ``rate`` per second with a timestamp as text."""
+    (``rate`` 0) or paced at ``rate`` per second with a timestamp as text.
+    The sessions are ``nick`` followed by 0, 1, ...: generators that share a
+    cluster need nicks of their own."""
     ctx = zmq.Context()
     dealers = []
     for i in range(conns):
@@ -89,7 +92,7 @@ def _generator(
             d.curve_serverkey, d.curve_publickey, d.curve_secretkey = curve
         d.connect(endpoint)
         if zchat:
-            d.send(b'{"type":"hello","nick":"gen%d"}' % i)
+            d.send(b'{"type":"hello","nick":"%s%d"}' % (nick.encode(), i))
             d.recv()
             d.send(b'{"type":"join","room":"bench"}')
             d.recv()
@@ -207,34 +210,58 @@ def measure(
     target: Target, *, n: int, subs: int = 1, conns: int = 4, rate: float = 0.0
 ) -> dict[str, Any]:
     """Send ``n`` messages; returns rate, completeness and latencies."""
+    return measure_nodes([target], [(target, subs)], n=n, conns=conns, rate=rate)
+
+
+def measure_nodes(
+    senders: list[Target],
+    listeners: list[tuple[Target, int]],
+    *,
+    n: int,
+    conns: int = 4,
+    rate: float = 0.0,
+) -> dict[str, Any]:
+    """:func:`measure` over several brokers (the nodes of a cluster): one
+    generator per sender, ``n`` messages split among them, each with
+    ``conns`` DEALERs; ``count`` subscribers on each listener."""
     spawn = mp.get_context("spawn")
-    ready, go, result = spawn.Event(), spawn.Event(), spawn.Queue()
-    gen = spawn.Process(
-        target=_generator,
-        args=(
-            target.endpoint,
-            target.kind != "proxy",
-            n,
-            conns,
-            rate,
-            ready,
-            go,
-            target.curve,
-            result,
-        ),
-        daemon=True,
-    )
-    gen.start()
+    go = spawn.Event()
+    gens = []
+    for k, target in enumerate(senders):
+        ready, result = spawn.Event(), spawn.Queue()
+        gen = spawn.Process(
+            target=_generator,
+            args=(
+                target.endpoint,
+                target.kind != "proxy",
+                n // len(senders) + (k < n % len(senders)),
+                conns,
+                rate,
+                ready,
+                go,
+                target.curve,
+                result,
+                "gen" if k == 0 else f"gen{k}x",
+            ),
+            daemon=True,
+        )
+        gen.start()
+        gens.append((gen, ready, result))
     ctx: zmq.Context[Any] = zmq.Context()
-    sockets = _subs(ctx, target, subs)
+    sockets = [s for target, count in listeners for s in _subs(ctx, target, count)]
+    subs = len(sockets)
     poller = zmq.Poller()
     for s in sockets:
         poller.register(s, zmq.POLLIN)
-    ready.wait(60)
+    for _, ready, _ in gens:
+        ready.wait(60)
     # Warm-up frames flow until every subscriber has seen one: then no
     # subscription can still be on its way, and the count starts clean.
     warmed: set[int] = set()
+    deadline = time.monotonic() + 60
     while len(warmed) < subs:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(warmed)} of {subs} subscribers warmed up in 60 s")
         for s, _ in poller.poll(1000):
             s.recv_multipart()
             warmed.add(id(s))
@@ -269,8 +296,9 @@ def measure(
                 if rate:
                     text = body.rsplit(b'"text":"', 1)[1].split(b'"', 1)[0]
                     lat.append((now - int(text)) / 1e6)
-    acks = result.get(timeout=60)
-    gen.join(30)
+    acks = sum(result.get(timeout=60) for _, _, result in gens)
+    for gen, _, _ in gens:
+        gen.join(30)
     for s in sockets:
         s.close(0)
     ctx.term()
