@@ -219,7 +219,9 @@ class Cluster:
                     continue
                 data: bytes = msg["data"]
                 if msg["channel"] == EVENTS_CHANNEL:
-                    self._relay(core, data, publish)
+                    if data.startswith(b"{"):
+                        for body in data.split(b"\n"):
+                            self._relay(core, body, publish)
                 elif data.startswith(b"pm "):
                     key, _, frame = data[3:].partition(b"\n")
                     s = core.nicks.get(key.decode())

@@ -13,8 +13,10 @@ takes the room's events in order and, atomically:
   the first ``seq`` and ``ts`` instead;
 * numbers it with HINCRBY on the room's meta hash (continuing from the
   room's log when the hash was lost, so a seq is never used twice);
-* appends it to the room's stream with the seq as the entry id, and
-  publishes it on ``zchat:events``.
+* appends it to the room's stream with the seq as the entry id;
+
+and publishes the batch's new events of the room on ``zchat:events``, in one
+message, a line each.
 
 The node then corrects what it prepared with provisional numbers (acks,
 ``joined`` replies, its own idea of the room's last seq): see
@@ -71,6 +73,7 @@ if seq == 0 then
   if #last > 0 then seq = tonumber(string.match(last[1][1], '^(%d+)')) end
 end
 local out = {}
+local published = {}
 for i = 1, n do
   local base = 4 + (i - 1) * 3
   local body = ARGV[base + 1]
@@ -88,11 +91,17 @@ for i = 1, n do
       redis.call('XADD', KEYS[2], seq .. '-0', 'e', body)
     end
     redis.call('SET', key, seq .. ' ' .. ts, 'EX', ttl)
-    redis.call('PUBLISH', chan, body)
+    published[#published + 1] = body
     out[i] = seq
   end
 end
 redis.call('HSET', KEYS[1], 'seq', seq)
+if #published > 0 then
+  -- One message for the batch's events in the room, a line each (JSON
+  -- text holds no raw newline): a message per event cost the relay more
+  -- than everything else it does.
+  redis.call('PUBLISH', chan, table.concat(published, '\\n'))
+end
 return out
 """
 
