@@ -156,5 +156,12 @@ class Directory(Protocol):
     def rooms(self) -> list[tuple[str, str, list[tuple[str, bool]]]]:
         """``(name, topic, members)`` of every room with people in it."""
 
+    def held(self, key: str) -> int:
+        """Bytes of private messages waiting for ``key`` in the store."""
+
     def deliver(self, node: str, key: str, frame: bytes) -> None:
-        """Send a private message to the session ``key`` on ``node``."""
+        """Send a private message to the session ``key`` on ``node``
+        (kept for it until that node or the next one takes it)."""
+
+    def take_held(self, key: str) -> list[bytes]:
+        """The private messages waiting for ``key``, taken out."""

@@ -114,6 +114,31 @@ return 1
 """
 
 
+_HOLD = """
+redis.call('XADD', KEYS[1], '*', 'f', ARGV[1])
+redis.call('INCRBY', KEYS[2], string.len(ARGV[1]))
+local node = redis.call('HGET', KEYS[3], 'node')
+if node then redis.call('PUBLISH', ARGV[2] .. node, ARGV[3]) end
+return 1
+"""
+
+_TAKE_PMS = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+redis.call('DEL', KEYS[1], KEYS[2])
+local frames = {}
+for i, e in ipairs(entries) do frames[i] = e[2][2] end
+return frames
+"""
+
+
+def _held_stream(key: str) -> str:
+    return f"{PREFIX}{{s}}:pm:{key}"
+
+
+def _held_bytes(key: str) -> str:
+    return f"{PREFIX}{{s}}:pmb:{key}"
+
+
 def session_key(key: str) -> str:
     return f"{PREFIX}{{s}}:u:{key}"
 
@@ -162,6 +187,8 @@ class Cluster:
         self._end = self.r.register_script(_END)
         self._reap = self.r.register_script(_REAP)
         self._rename = self.r.register_script(_RENAME)
+        self._hold = self.r.register_script(_HOLD)
+        self._take_pms = self.r.register_script(_TAKE_PMS)
         self._next_tick = 0.0
         self._next_store_check = 0.0
         # Set when Redis no longer holds this cluster's state: the shell
@@ -223,10 +250,9 @@ class Cluster:
                         for body in data.split(b"\n"):
                             self._relay(core, body, publish)
                 elif data.startswith(b"pm "):
-                    key, _, frame = data[3:].partition(b"\n")
-                    s = core.nicks.get(key.decode())
+                    s = core.nicks.get(data[3:].decode())
                     if s is not None:
-                        out.pushes.append((s.ident, frame))
+                        out.pushes.extend((s.ident, f) for f in self.take_held(s.key))
                 elif data.startswith(b"moved "):
                     core.moved_away(data[6:].decode().rpartition(":u:")[2], time.time())
                 elif data.startswith(b"probe "):
@@ -322,10 +348,18 @@ class Cluster:
             pairs = dict(zip(fields[::2], fields[1::2], strict=True))
             rec = _record(pairs)
             key = k.decode().rpartition(":u:")[2]
-            if key in core.nicks and rec.node == self.node:
-                continue  # (ours and alive: renewed at the next tick)
+            mine = core.nicks.get(key)
+            if mine is not None and rec.node == self.node:
+                # Ours and alive: this node stalled past the lease. Written
+                # again, rather than ended under a client still chatting.
+                log.warning("%s's lease ran out while this node stalled; renewed", rec.nick)
+                self.create(key, mine.nick, mine.token, mine.peer_key, mine.quiet, now)
+                for room in mine.rooms:
+                    self.joined(room, key, mine.nick, mine.quiet)
+                continue
             log.info("%s timed out on node %s, which is gone", rec.nick, rec.node)
             core.reaped(key, rec, now, out)
+            self.backend.ops.append(("delete", _held_stream(key), _held_bytes(key)))
 
     # --------------------------------------------------------- directory
 
@@ -379,6 +413,7 @@ class Cluster:
 
     def ended(self, key: str) -> None:
         self.backend.ops.append((self._run_end, session_key(key)))
+        self.backend.ops.append(("delete", _held_stream(key), _held_bytes(key)))
 
     def _run_end(self, pipe: Any, record: str) -> None:
         self._end(keys=[record, LEASES, ACTIVE], args=[self.node], client=pipe)
@@ -430,10 +465,29 @@ class Cluster:
             self.r.srem(ROOMS, *empty)
         return listed
 
+    def held(self, key: str) -> int:
+        value = self.r.get(_held_bytes(key))
+        return int(value) if value is not None else 0
+
     def deliver(self, node: str, key: str, frame: bytes) -> None:
-        self.backend.ops.append(
-            ("publish", f"{PREFIX}node:{node}".encode(), b"pm " + key.encode() + b"\n" + frame)
+        # Kept in the recipient's stream until a node hands it over: the
+        # node the session is on when Redis takes it (it may have moved
+        # since this was decided) is told, and a node that dies does not
+        # take it along (the next node of the session does: take_held).
+        self.backend.ops.append((self._run_hold, _held_stream(key), frame))
+
+    def _run_hold(self, pipe: Any, stream: str, frame: bytes) -> None:
+        key = stream.rpartition(":pm:")[2]
+        self._hold(
+            keys=[stream, _held_bytes(key), session_key(key)],
+            args=[frame, PREFIX + "node:", b"pm " + key.encode()],
+            client=pipe,
         )
+
+    def take_held(self, key: str) -> list[bytes]:
+        """The private messages waiting for ``key`` in Redis, taken out."""
+        frames = self._take_pms(keys=[_held_stream(key), _held_bytes(key)])
+        return list(frames or [])
 
 
 def apply_results(backend: RedisBackend, core: Core, out: Outbox) -> None:

@@ -676,6 +676,8 @@ class Core:
                 session = Session(ident, taken.nick, now, tokens, peer_key, a, taken.quiet)
                 session.token = req.token or session.token
                 rooms = taken.rooms
+                # What was sent to it while its node was gone.
+                out.pushes.extend((ident, f) for f in d.take_held(key))
             a.sessions += 1
             self._idle_addresses.discard(a.name)
             self.sessions[ident] = session
@@ -931,6 +933,14 @@ class Core:
             raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.to!r} is online")
         ts = format_ts(now)
         push = encode(PmPush(from_=s.nick, to=rec.nick, text=req.text, ts=ts))
+        waiting = self.directory.held(key)
+        if waiting and waiting + len(push) > self._held_max:
+            raise ProtocolError(
+                Code.UNAVAILABLE,
+                f"{rec.nick} is not reading and {waiting // KIB} KiB of private "
+                "messages already wait for them",
+                retry_ms=5_000,
+            )
         self.directory.deliver(rec.node, key, push)
         ack = encode(Ack(id=req.id, to=rec.nick, ts=ts))
         if req.id is not None:

@@ -42,7 +42,7 @@ class Recent:
     and a resend of one of those is published again: a duplicate, never a
     loss."""
 
-    def __init__(self, max_entries: int = 2_000_000) -> None:
+    def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self.forgotten_early = 0  # entries dropped for the limit, not for age
         # Read directly on the hot path: ``acks.get(key)``.

@@ -11,7 +11,7 @@ import pytest
 from broker._keys import keygen
 from client import Client, Reconnected, ZchatError
 from client._keys import curve_keys
-from messages import JoinEvent, LeaveEvent, MsgEvent, PmPush
+from messages import JoinEvent, LeaveEvent, MsgEvent, Pm, PmPush
 
 from .helpers import Broker, PausableProxy, run, wait_until
 from .redis_servers import RedisServer
@@ -443,5 +443,35 @@ def test_with_curve_a_nick_claimed_on_one_node_is_claimed_on_all(
                 pass
         async with Client(b.endpoint, "alice", curve=keys("alice")) as again:
             assert again.nick == "alice"
+
+    run(body(), 60)
+
+
+def test_a_pm_for_a_session_whose_node_died_waits_for_it_on_the_next(
+    nodes: Callable[..., list[Broker]],
+) -> None:
+    a, b = nodes(2, "--held-pm-kb", "1")
+
+    async def body() -> None:
+        async with Client(a.endpoint, "alice") as alice:
+            bob = Client(b.endpoint, "bob")
+            await bob.start()
+            token = bob.token
+            await bob.close(quiet=True)
+            b.kill()  # bob's node is gone; his session waits for him to come back
+            ack = await alice.pm("bob", "are you there?")
+            assert ack.to == "bob"
+            # What waits for him is bounded (here 1 KiB), refused before its ack.
+            with pytest.raises(ZchatError, match="not reading"):
+                for i in range(20):
+                    pm = Pm(to="bob", text=f"{i} " + "x" * 100)
+                    await alice.request(pm, retry_rate_limited=False)
+            async with Client(a.endpoint, "bob", token=token) as again:
+                got = await _until(again, lambda i: isinstance(i, PmPush))
+                assert (got.from_, got.text) == ("alice", "are you there?")
+                # Delivered once: nothing waits any more.
+                await alice.pm("bob", "welcome back")
+                got = await _until(again, lambda i: isinstance(i, PmPush))
+                assert got.text.startswith("0 ")
 
     run(body(), 60)

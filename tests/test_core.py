@@ -316,7 +316,7 @@ def test_offers_and_commands() -> None:
 def test_recent_acks_expire_by_group_and_never_early() -> None:
     from broker._recent import DEDUP_S, Recent, dedup_key
 
-    r = Recent()
+    r = Recent(Config().dedup_max)
     r.add(dedup_key("alice", "1"), b"a1", T0)
     r.add(dedup_key("alice", "2"), b"a2", T0)  # same batch, same group
     r.add(dedup_key("bob", "1"), b"b1", T0 + 5)
