@@ -133,6 +133,8 @@ _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    # (nothing listens there: TCP refused; libzmq retries by itself)
+    | zmq.EVENT_CONNECT_RETRIED
 )
 _ENDPOINT_RE = re.compile(
     r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):([0-9]{1,5})|(ipc|inproc)://\S+"
@@ -371,6 +373,7 @@ class Client:
         self._monitor: zmq.asyncio.Socket | None = None
         self._watcher: asyncio.Future[Any] | None = None
         self._refused: asyncio.Future[ConnectRefused] | None = None
+        self._unreachable = asyncio.Event()  # (one per DEALER: _new_dealer)
         self._recovering: asyncio.Task[Any] | None = None
         self._last_rx = time.monotonic()
         self._sub_endpoint: str | None = None  # where the SUB is connected
@@ -511,7 +514,12 @@ class Client:
         # A failed handshake is invisible to requests (they just get no
         # answer); the socket monitor tells which failure it was.
         self._monitor = dealer.get_monitor_socket(_HANDSHAKE_EVENTS)
-        self._watcher = asyncio.ensure_future(self._watch_handshake(self._monitor))
+        # Set when nothing listens at the endpoint: with others to try, the
+        # client moves on rather than wait out its timeout there.
+        self._unreachable = asyncio.Event()
+        self._watcher = asyncio.ensure_future(
+            self._watch_handshake(self._monitor, self._unreachable)
+        )
         if self.curve is None:
             # The same routing id on every connection lets a broker with
             # ROUTER_HANDOVER keep the session through a reconnection. With
@@ -527,10 +535,15 @@ class Client:
         self._dealer = dealer
         self._reader = asyncio.ensure_future(self._read_dealer(dealer))
 
-    async def _watch_handshake(self, monitor: zmq.asyncio.Socket) -> None:
+    async def _watch_handshake(
+        self, monitor: zmq.asyncio.Socket, unreachable: asyncio.Event
+    ) -> None:
         reported = ""
         while True:
             ev = parse_monitor_message(await monitor.recv_multipart())
+            if int(ev["event"]) == zmq.EVENT_CONNECT_RETRIED:
+                unreachable.set()
+                continue
             why = handshake_failure(int(ev["event"]), int(ev["value"]), curve=self.curve)
             if self._refused is not None and not self._refused.done() and self.welcome is None:
                 self._refused.set_result(ConnectRefused(why))
@@ -1029,7 +1042,10 @@ class Client:
                     p.sent = False
                 try:
                     self._new_dealer()
-                    joins = await asyncio.wait_for(self._rejoin(), max(self.timeout_s, 2.0))
+                    joins = await asyncio.wait_for(
+                        self._unless_unreachable(self._rejoin(), asyncio.TimeoutError),
+                        max(self.timeout_s, 2.0),
+                    )
                     break
                 except (asyncio.TimeoutError, ZchatError, zmq.ZMQError) as err:
                     if len(self.endpoints) > 1:
@@ -1086,6 +1102,24 @@ class Client:
                 continue
             return reply
 
+    async def _unless_unreachable(
+        self, coro: Coroutine[Any, Any, T], error: type[BaseException]
+    ) -> T:
+        """``coro``, unless nothing listens at the endpoint and there are
+        others to try: then ``error``, at once."""
+        task = asyncio.ensure_future(coro)
+        if len(self.endpoints) < 2:
+            return await task
+        gone = asyncio.ensure_future(self._unreachable.wait())
+        try:
+            done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise error(f"nothing listens at {self.endpoint}")
+
     async def _hello_any(self, wait: float, timeout: float) -> Welcome:
         """:meth:`_hello_waiting` on each endpoint in turn, from the first,
         until one answers; each has its share of ``timeout``."""
@@ -1096,7 +1130,9 @@ class Client:
                 self._move_to(i)
                 self._new_dealer()
             try:
-                return await self._hello_waiting(wait, timeout / count)
+                return await self._unless_unreachable(
+                    self._hello_waiting(wait, timeout / count), ConnectTimeout
+                )
             except ConnectTimeout:
                 if i + 1 < count:
                     continue
