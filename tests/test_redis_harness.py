@@ -191,15 +191,6 @@ def test_cluster_covers_all_slots_and_spreads_hash_tags(
     assert rc.mget(f"{{{tag}}}:seq", f"{{{tag}}}:name") == [b"1", tag.encode()]
 
 
-def test_cluster_context_exit_kills_every_node(tmp_path: Path) -> None:
-    cluster = RedisClusterServers(tmp_path / "c")
-    with pytest.raises(RuntimeError, match="boom"), cluster:
-        pids = cluster.pids
-        assert len(set(pids)) == 3 and all(is_redis_alive(p) for p in pids)
-        raise RuntimeError("boom")
-    assert not any(is_redis_alive(p) for p in pids)
-
-
 INNER_TESTS = """
 from tests.conftest import redis_cluster, redis_server  # noqa: F401
 
