@@ -25,7 +25,7 @@ import zmq
 from client import Client, Reconnected
 from messages import MsgEvent
 
-from .helpers import Broker
+from .helpers import Broker, whole_history
 
 
 @dataclass
@@ -148,14 +148,7 @@ async def run_chaos(
                 assert set(nums) <= set(mine)
             assert seqs[i] == sorted(set(seqs[i])), f"subscriber {i} saw seqs out of order"
         # The store: every acknowledged message once, seq 1..N without a hole.
-        events: list[Any] = []
-        after = 0
-        while True:
-            batch, more = await subs[0].history("general", after=after, limit=500)
-            events += batch
-            if not more:
-                break
-            after = batch[-1].seq
+        events = await whole_history(subs[0])
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
         stored = Counter(e.text for e in events if isinstance(e, MsgEvent))
         assert all(stored[t] == 1 for t in want), "an acknowledged message is missing or doubled"

@@ -277,3 +277,43 @@ class PausableProxy:
         self.listener.close()
         for s in self.socks:
             s.close()
+
+
+class FakeBroker:
+    """A stand-in broker on loopback: a ROUTER and a PUB on ports the OS
+    picks; :meth:`serve` answers each request with :meth:`answer`."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.router = ctx.socket(zmq.ROUTER)
+        self.pub = ctx.socket(zmq.PUB)
+        for sock in (self.router, self.pub):
+            sock.linger = 0
+        self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
+        self.events = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def answer(self, req: Any) -> Any:
+        raise NotImplementedError
+
+    async def serve(self) -> None:
+        import messages as m
+
+        while True:
+            ident, frame = await self.router.recv_multipart()
+            reply = self.answer(m.decode_request(frame))
+            await self.router.send_multipart([ident, m.encode(reply)])
+
+    def close(self) -> None:
+        self.router.close(0)
+        self.pub.close(0)
+
+
+async def whole_history(client: Any, room: str = "general") -> list[Any]:
+    """Every event of ``room`` the store keeps, oldest first, page by page."""
+    events: list[Any] = []
+    after = 0
+    while True:
+        page, more = await client.history(room, after=after, limit=500)
+        events += page
+        if not more:
+            return events
+        after = page[-1].seq

@@ -13,7 +13,7 @@ from client import Client, Reconnected, ZchatError
 from client._keys import curve_keys
 from messages import JoinEvent, LeaveEvent, MsgEvent, Pm, PmPush
 
-from .helpers import Broker, PausableProxy, run, wait_until
+from .helpers import Broker, PausableProxy, run, wait_until, whole_history
 from .redis_servers import RedisServer
 
 
@@ -284,14 +284,7 @@ def test_a_node_killed_at_full_speed_loses_nothing(nodes: Callable[..., list[Bro
                 for name in acked:
                     mine = [int(t.split(":")[1]) for t in texts if t.split(":")[0] == name]
                     assert mine == sorted(mine), f"subscriber {i}: {name} out of order"
-            events: list[Any] = []
-            after = 0
-            while True:
-                page, more = await subs[1].history("general", after=after, limit=500)
-                events += page
-                if not more:
-                    break
-                after = page[-1].seq
+            events = await whole_history(subs[1])
             assert [e.seq for e in events] == list(range(1, len(events) + 1))
             stored = [e.text for e in events if isinstance(e, MsgEvent)]
             assert len(stored) == len(set(stored)) and want <= set(stored)

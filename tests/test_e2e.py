@@ -16,7 +16,7 @@ import messages as m
 from client import Client, Reconnected, ZchatError
 from messages import CommandSpec, JoinEvent, MsgEvent, PmPush
 
-from .helpers import Broker, run
+from .helpers import Broker, FakeBroker, run
 
 
 async def _until(client: Client, pred, timeout: float = 10.0):  # type: ignore[no-untyped-def]
@@ -233,18 +233,13 @@ def test_a_hole_the_store_no_longer_keeps_is_skipped_not_waited_on(
     run(body(), 60)
 
 
-class _Fussy:
+class _Fussy(FakeBroker):
     """A stand-in broker that refuses every hello, join and history twice
     (``unavailable``, then ``rate_limited``) before it answers, publishes
     only what it is told to, and can restart (a new epoch, the same store)."""
 
     def __init__(self, ctx: zmq.asyncio.Context) -> None:
-        self.router = ctx.socket(zmq.ROUTER)
-        self.pub = ctx.socket(zmq.PUB)
-        for sock in (self.router, self.pub):
-            sock.linger = 0
-        self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
-        self.events = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+        super().__init__(ctx)
         self.epoch = "e1"
         self.log: list[MsgEvent | JoinEvent] = []
         self.refused: Counter[str] = Counter()
@@ -302,16 +297,6 @@ class _Fussy:
         if isinstance(req, m.Bye):
             return m.ByeReply(id=req.id)
         return m.Error(id=req.id, code="bad_request", message="not here")
-
-    async def serve(self) -> None:
-        while True:
-            ident, frame = await self.router.recv_multipart()
-            reply = self.answer(m.decode_request(frame))
-            await self.router.send_multipart([ident, m.encode(reply)])
-
-    def close(self) -> None:
-        self.router.close(0)
-        self.pub.close(0)
 
 
 def _back(item: object) -> bool:

@@ -26,7 +26,7 @@ from client import (
 from client._client import check_endpoints, split_endpoints
 from messages import MsgEvent
 
-from .helpers import Broker, run
+from .helpers import Broker, FakeBroker, run
 from .test_scripting import ENV, zchat
 
 FAST = ("--timeout-ms", "3000", "--heartbeat-ms", "500")
@@ -176,17 +176,12 @@ def test_a_client_moves_to_the_next_broker_when_its_own_is_killed(
     run(body(), 90)
 
 
-class _Node:
+class _Node(FakeBroker):
     """A stand-in broker: answers hello with a welcome that lists ``nodes``,
     joins and pings, until told to go silent."""
 
     def __init__(self, ctx: zmq.asyncio.Context, nodes: list[str]) -> None:
-        self.router = ctx.socket(zmq.ROUTER)
-        self.pub = ctx.socket(zmq.PUB)
-        for sock in (self.router, self.pub):
-            sock.linger = 0
-        self.endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
-        self.events = f"tcp://127.0.0.1:{self.pub.bind_to_random_port('tcp://127.0.0.1')}"
+        super().__init__(ctx)
         self.nodes = nodes
         self.hellos = 0
 
@@ -214,16 +209,6 @@ class _Node:
         if isinstance(req, m.Bye):
             return m.ByeReply(id=req.id)
         return m.Error(id=req.id, code="bad_request", message="not here")
-
-    async def serve(self) -> None:
-        while True:
-            ident, frame = await self.router.recv_multipart()
-            reply = self.answer(m.decode_request(frame))
-            await self.router.send_multipart([ident, m.encode(reply)])
-
-    def close(self) -> None:
-        self.router.close(0)
-        self.pub.close(0)
 
 
 def test_nodes_named_by_welcome_join_the_rotation_and_the_client_fails_over_to_them(
