@@ -39,6 +39,13 @@ class Page:
     events: list[bytes]
     more: bool  # more events lie beyond the page, in the direction asked
     first: int | None  # the seq of the oldest event kept, None when none is
+    # search: where the next page goes on (older than it), when ``more``.
+    before: int | None = None
+
+
+# A search looks at no more stored events than this per request, matching
+# or not (some events of the room, or of the segments that hold its words).
+SEARCH_SCAN = 20_000
 
 
 class Backend(Protocol):
@@ -81,6 +88,16 @@ class Backend(Protocol):
         """Up to ``limit`` events of ``room`` taking at most ``max_bytes``
         (but at least one): those just after ``after``, else those just
         before ``before`` or the end."""
+
+    def search(
+        self, room: str, text: str, *, before: int | None, limit: int, max_bytes: int
+    ) -> Page:
+        """The newest ``msg`` events of ``room`` before ``before`` (or the
+        end) whose text has every word of ``text`` (see
+        :func:`messages.words_match`), up to ``limit`` taking at most
+        ``max_bytes`` (but at least one), oldest first. Looks at no more
+        than :data:`SEARCH_SCAN` events: ``more`` and ``before`` say where
+        to go on (``first`` is None)."""
 
     def recent_events(self, since: float) -> Iterator[bytes]:
         """Bodies of the events stored since ``since`` (perhaps a few more)."""

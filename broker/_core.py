@@ -84,6 +84,8 @@ from messages import (
     Rooms,
     RoomsReply,
     Say,
+    Search,
+    SearchReply,
     ServerInfo,
     Topic,
     TopicEvent,
@@ -1029,6 +1031,26 @@ class Core:
             ),
         )
 
+    def _search(self, s: Session, req: Search, now: float, out: Outbox) -> None:
+        # Like history, any room's, in or out of it.
+        page = self.store.search(
+            req.room,
+            req.text,
+            before=req.before,
+            limit=req.effective_limit,
+            max_bytes=self._page,
+        )
+        out.reply(
+            s.ident,
+            SearchReply(
+                id=req.id,
+                room=req.room,
+                events=[msgspec.Raw(b) for b in page.events],
+                more=page.more,
+                before=page.before if page.more else None,
+            ),
+        )
+
     def _nick(self, s: Session, req: Nick, now: float, out: Outbox) -> None:
         new_key = nick_key(req.nick)
         self._check_nick_free(s, req.nick, s.peer_key, now)
@@ -1294,6 +1316,7 @@ _HANDLERS: dict[type, Any] = {
     Who: Core._who,
     Rooms: Core._rooms,
     History: Core._history,
+    Search: Core._search,
     Nick: Core._nick,
     Topic: Core._topic,
     Ping: Core._ping,
@@ -1317,6 +1340,7 @@ _COST: dict[type, int] = {
     Topic: 1,
     Offer: 1,
     History: 1,
+    Search: 1,
     Who: 1,
     Rooms: 1,
     Commands: 1,

@@ -42,9 +42,9 @@ import msgspec
 import redis
 import redis.cluster
 
-from messages import nick_key
+from messages import nick_key, search_words, words_match
 
-from ._backend import Page, RoomState, StoreError, StoreFull
+from ._backend import SEARCH_SCAN, Page, RoomState, StoreError, StoreFull
 from ._recent import DEDUP_S, dedup_key
 
 log = logging.getLogger("zchat.broker")
@@ -430,6 +430,40 @@ class RedisBackend:
             found.append(body)
         return Page(found, len(found) < len(entries), _seq_of(oldest[0][0]) if oldest else None)
 
+    def search(
+        self, room: str, text: str, *, before: int | None, limit: int, max_bytes: int
+    ) -> Page:
+        """See :meth:`Backend.search`: the room's stream read newest first,
+        :data:`SEARCH_SCAN` entries at most, a chunk at a time, each event
+        checked with :func:`messages.words_match`."""
+        words = search_words(text)
+        if not words:
+            return Page([], False, None)
+        stream = room_key(room, "log")
+        hi = f"({before}-0" if before is not None else "+"
+        found: list[bytes] = []  # newest first
+        size = scanned = 0
+        while scanned < SEARCH_SCAN:
+            count = min(_SEARCH_CHUNK, SEARCH_SCAN - scanned)
+            entries = self.r.xrevrange(stream, hi, "-", count=count)
+            for eid, fields in entries:
+                body = fields[b"e"]
+                event = _text_of(body)
+                if event.type != "msg" or not event.text or not words_match(words, event.text):
+                    continue
+                size += len(body) + 1
+                if len(found) >= limit or (found and size > max_bytes):
+                    found.reverse()
+                    return Page(found, True, None, before=_seq_of(eid) + 1)
+                found.append(body)
+            scanned += len(entries)
+            if len(entries) < count:
+                found.reverse()
+                return Page(found, False, None)
+            hi = f"({_seq_of(entries[-1][0])}-0"
+        found.reverse()
+        return Page(found, True, None, before=int(hi[1:].partition("-")[0]))
+
     def log_range(self, room: str, after: int, upto: int | None) -> list[tuple[int, bytes]]:
         """The stored events of ``room`` past ``after`` up to ``upto`` (or the end)."""
         hi = f"{upto}-0" if upto is not None else "+"
@@ -482,6 +516,17 @@ class RedisBackend:
             log.error("%s; what was pending was never acknowledged", err)
         finally:
             self.r.close()
+
+
+_SEARCH_CHUNK = 1000  # entries a search reads from Redis at a time
+
+
+class _Text(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+_text_of = msgspec.json.Decoder(_Text).decode
 
 
 def _seq_of(entry_id: bytes | str) -> int:

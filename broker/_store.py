@@ -24,6 +24,23 @@ Request ids of ``say`` travel in the event itself; ``pm`` produces no event,
 so its ids go into a table of their own. Both let a resent request be
 answered with its first acknowledgement after a restart.
 
+Search (an addition) finds a room's ``msg`` events by the words of their
+text, with an FTS5 index of one row per segment: the texts of its ``msg``
+events, with the room, keyed by the segment's rowid and holding no copy of
+the text (contentless). FTS5 pays about 0.1 ms per transaction that writes
+to it, more than a batch of a few messages costs in all, so the index is
+written in bulk, in the transaction of a later batch: when
+:data:`INDEX_SEGMENTS` segments wait, or the oldest waited
+:data:`INDEX_DELAY_S`, and at housekeeping; ``meta.indexed`` (the rowid of
+the last segment indexed) goes with it, and a store opened with segments
+past it (a crash; a store of schema 2, with none) indexes them then. A
+search asks the index for the segments of the room whose texts hold every
+word typed (as the beginning of a word), newest first, reads the segments
+not indexed yet as they are, and checks each event with
+:func:`messages.words_match`, the same test a cluster applies. User input
+never reaches FTS5's syntax: what is matched is the words of the text, runs
+of letters and digits, each quoted.
+
 A commit that fails for want of room (the disk, or ``max_mb``, is full)
 keeps what it was writing and raises :class:`StoreFull`; the next
 :meth:`Store.commit` tries again, and until one succeeds nothing new is
@@ -43,7 +60,9 @@ from collections.abc import Iterator
 
 import msgspec
 
-from ._backend import Page, RoomState, StoreError, StoreFull
+from messages import search_words, words_match
+
+from ._backend import SEARCH_SCAN, Page, RoomState, StoreError, StoreFull
 from ._recent import DEDUP_S
 
 __all__ = ["Page", "RoomState", "Store", "StoreError", "StoreFull"]
@@ -51,7 +70,11 @@ __all__ = ["Page", "RoomState", "Store", "StoreError", "StoreFull"]
 SEGMENT_MAX = 256
 # PRAGMA user_version of the schema this code writes; a store with a higher
 # one was made by a newer zchat and is refused rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# The search index is written when this many segments wait for it, or the
+# oldest has waited this long (see the module's text).
+INDEX_SEGMENTS = 256
+INDEX_DELAY_S = 1.0
 OUR_TABLES = {"segments", "events", "topics", "pm_ids", "meta", "nick_keys"}
 
 
@@ -103,6 +126,29 @@ CREATE TABLE IF NOT EXISTS nick_keys (
     used REAL NOT NULL DEFAULT 0  -- when its owner last used it (0: unknown)
 ) WITHOUT ROWID;
 """
+# One row per segment with msg events, its rowid the segment's: the room,
+# and the texts of its msg events, a line each (see the module's text).
+_WORDS_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS msg_words USING fts5(
+    room, text, content='', tokenize='unicode61 remove_diacritics 0'
+);
+"""
+
+
+class _Text(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+_event_text = msgspec.json.Decoder(_Text).decode
+_events_text = msgspec.json.Decoder(list[_Text]).decode
+
+
+def _segment_text(bodies: list[bytes]) -> str:
+    """The texts of the ``msg`` events of a segment, a line each, for the index."""
+    return "\n".join(
+        e.text for e in _events_text(b"[" + b",".join(bodies) + b"]") if e.type == "msg" and e.text
+    )
 
 
 class _Open:
@@ -216,8 +262,9 @@ class Store:
         if max_mb > 0:
             page = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count = {max(16, max_mb * 1024 * 1024 // page)}")
-        db.executescript(_SCHEMA)
+        db.executescript(_SCHEMA + _WORDS_SCHEMA)
         self._migrate()
+        self._index_stored()
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         row = db.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
         if row is None:
@@ -280,6 +327,38 @@ class Store:
             raise
         db.execute("COMMIT")
 
+    def _index_stored(self) -> None:
+        """Index the segments stored past ``meta.indexed``: all of a store
+        made before search, the last few of a broker that was killed."""
+        db = self._db
+        row = db.execute("SELECT value FROM meta WHERE key = 'indexed'").fetchone()
+        self._indexed = int(row[0]) if row else 0
+        self._rowid = int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM segments").fetchone()[0])
+        # Segments made since the last write of the index: rowid, room,
+        # events; and the time of the first of them.
+        self._unindexed: list[tuple[int, str, list[bytes]]] = []
+        self._unindexed_since = 0.0
+        self._index_due = False  # write the index with the next flush
+        if self._rowid <= self._indexed:
+            return
+        db.execute("BEGIN")
+        try:
+            for rowid, room, blob in db.execute(
+                "SELECT rowid, room, events FROM segments WHERE rowid > ?", (self._indexed,)
+            ):
+                text = _segment_text(blob.split(b"\n"))
+                if text:
+                    db.execute(
+                        "INSERT INTO msg_words (rowid, room, text) VALUES (?, ?, ?)",
+                        (rowid, room, text),
+                    )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('indexed', ?)", (str(self._rowid),))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        self._indexed = self._rowid
+
     # ------------------------------------------------------------ writing
 
     def add(self, room: str, seq: int, body: bytes, at: float) -> None:
@@ -311,17 +390,39 @@ class Store:
         """What was added since the last commit, as statements to run."""
         work: list[tuple[str, object]] = []
         if self._segments:
+            rows = []
+            for s in self._segments:
+                self._rowid += 1
+                rows.append(
+                    (
+                        self._rowid,
+                        s.room,
+                        s.first,
+                        s.first + len(s.bodies) - 1,
+                        s.at,
+                        b"\n".join(s.bodies),
+                    )
+                )
+                if not self._unindexed:
+                    self._unindexed_since = s.at
+                self._unindexed.append((self._rowid, s.room, s.bodies))
             work.append(
                 (
-                    "INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (s.room, s.first, s.first + len(s.bodies) - 1, s.at, b"\n".join(s.bodies))
-                        for s in self._segments
-                    ],
+                    "INSERT INTO segments (rowid, room, first, last, at, events) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
             )
+            if (
+                len(self._unindexed) >= INDEX_SEGMENTS
+                or self._segments[-1].at - self._unindexed_since >= INDEX_DELAY_S
+            ):
+                self._index_due = True
             self._segments.clear()
             self._open.clear()
+        if self._index_due:
+            self._index_due = False
+            self._index_work(work)
         if self._topics:
             work.append(("INSERT OR REPLACE INTO topics VALUES (?, ?)", list(self._topics.items())))
             self._topics.clear()
@@ -343,6 +444,21 @@ class Store:
             )
             self._claims.clear()
         return work
+
+    def _index_work(self, work: list[tuple[str, object]]) -> None:
+        """Add the writing of the index of the segments waiting for it to ``work``."""
+        if not self._unindexed:
+            return
+        words = []
+        for rowid, room, bodies in self._unindexed:
+            text = _segment_text(bodies)
+            if text:
+                words.append((rowid, room, text))
+        if words:
+            work.append(("INSERT INTO msg_words (rowid, room, text) VALUES (?, ?, ?)", words))
+        self._indexed = self._unindexed[-1][0]
+        work.append(("INSERT OR REPLACE INTO meta VALUES ('indexed', ?)", [(str(self._indexed),)]))
+        self._unindexed = []
 
     def flush(self) -> None:
         """Write what was added into the batch's transaction, so that queries
@@ -509,6 +625,68 @@ class Store:
         )
         return Page(events, more, self.first_seq(room))
 
+    def search(
+        self, room: str, text: str, *, before: int | None, limit: int, max_bytes: int
+    ) -> Page:
+        """See :meth:`Backend.search`: the segments of ``room`` whose index
+        row holds every word, newest first, each event checked."""
+        self.flush()
+        words = search_words(text)
+        hi = before if before is not None else 2**63 - 1
+        top = self._db.execute(
+            "SELECT rowid FROM segments WHERE room = ? AND first < ? ORDER BY first DESC LIMIT 1",
+            (room, hi),
+        ).fetchone()
+        if not words or top is None:
+            return Page([], False, None)
+        # Words are runs of letters and digits: quoted, nothing in them is
+        # FTS5 syntax. The room's words narrow the rows; its name is checked.
+        match = "text : (" + " AND ".join(f'"{w}"*' for w in words) + ")"
+        room_words = search_words(room)
+        if room_words:
+            match = f'room : ^"{" ".join(room_words)}" AND {match}'
+        found: list[bytes] = []  # newest first
+        last = hi  # the seq of the oldest event looked at
+        size = scanned = 0
+        for first, blob in self._search_rows(room, hi, min(top[0], self._indexed), match):
+            if scanned >= SEARCH_SCAN:
+                found.reverse()
+                return Page(found, True, None, before=last)
+            bodies = blob.split(b"\n")[: max(0, hi - first)]
+            scanned += len(bodies)
+            for i in range(len(bodies) - 1, -1, -1):
+                body = bodies[i]
+                event = _event_text(body)
+                if event.type != "msg" or not event.text or not words_match(words, event.text):
+                    continue
+                size += len(body) + 1
+                if len(found) >= limit or (found and size > max_bytes):
+                    found.reverse()
+                    return Page(found, True, None, before=first + i + 1)
+                found.append(body)
+            last = first
+        found.reverse()
+        return Page(found, False, None)
+
+    def _search_rows(self, room: str, hi: int, top: int, match: str) -> Iterator[tuple[int, bytes]]:
+        """``(first, events)`` of the segments of ``room`` starting before
+        ``hi``, newest first, that may hold ``match``: those not indexed
+        yet, all of them; then those the index finds, up to rowid ``top``."""
+        for rowid, first, blob in self._db.execute(
+            "SELECT rowid, first, events FROM segments WHERE room = ? AND first < ?"
+            " ORDER BY first DESC",
+            (room, hi),
+        ):
+            if rowid <= self._indexed:
+                break
+            yield first, blob
+        yield from self._db.execute(
+            "SELECT s.first, s.events FROM msg_words AS w CROSS JOIN segments AS s"
+            " ON s.rowid = w.rowid WHERE msg_words MATCH ? AND w.rowid <= ? AND s.room = ?"
+            " AND s.first < ? ORDER BY w.rowid DESC",
+            (match, top, room, hi),
+        )
+
     def first_seq(self, room: str) -> int | None:
         """The seq of the oldest event kept for ``room``, None when none is."""
         self.flush()
@@ -536,14 +714,36 @@ class Store:
         room's newest, which carries its last seq across restarts (a seq is
         never used twice). Returns how many went; like :meth:`forget_pm_ids`
         it is a transaction of its own when no batch is open."""
-        cur = self._db.execute(
-            "DELETE FROM segments WHERE rowid IN ("
-            " SELECT s.rowid FROM segments AS s WHERE s.at < ?"
+        db = self._db
+        gone = db.execute(
+            "SELECT s.rowid, s.room, s.events FROM segments AS s WHERE s.at < ?"
             " AND s.last < (SELECT MAX(t.last) FROM segments AS t WHERE t.room = s.room)"
-            " LIMIT ?)",
+            " LIMIT ?",
             (before, limit),
-        )
-        return cur.rowcount
+        ).fetchall()
+        if not gone:
+            return 0
+        self.flush()
+        if self._unindexed:
+            dropped = {rowid for rowid, _, _ in gone}
+            self._unindexed = [u for u in self._unindexed if u[0] not in dropped]
+        # A savepoint: the segments and their words go together, in the
+        # batch's transaction or in one of their own.
+        db.execute("SAVEPOINT trim")
+        try:
+            words = [(rowid, room, _segment_text(blob.split(b"\n"))) for rowid, room, blob in gone]
+            # A contentless index forgets a row given exactly what it indexed.
+            db.executemany(
+                "INSERT INTO msg_words (msg_words, rowid, room, text) VALUES ('delete', ?, ?, ?)",
+                [w for w in words if w[2] and w[0] <= self._indexed],
+            )
+            db.executemany("DELETE FROM segments WHERE rowid = ?", [(w[0],) for w in words])
+        except BaseException:
+            db.execute("ROLLBACK TO trim")
+            db.execute("RELEASE trim")
+            raise
+        db.execute("RELEASE trim")
+        return len(gone)
 
     def housekeeping(self, now: float, retain_s: float) -> bool:
         """Forget pm ids past the dedup window and, with ``retain_s``,
@@ -552,6 +752,9 @@ class Store:
         stall the loop on a big backlog). Nothing while a write is failing."""
         if self.failed:
             return False
+        if self._unindexed:
+            self._index_due = True
+            self.commit()
         self.forget_pm_ids(now - DEDUP_S)
         return retain_s > 0 and self.trim(now - retain_s) > 0
 

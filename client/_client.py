@@ -90,6 +90,8 @@ from messages import (
     Rooms,
     RoomsReply,
     Say,
+    Search,
+    SearchReply,
     Topic,
     Welcome,
     Who,
@@ -790,6 +792,22 @@ class Client:
         )
         reply = _expect(raw, HistoryReply)
         return [decode_event(bytes(e)) for e in reply.events], reply.more  # type: ignore[misc]
+
+    async def search(
+        self, room: str, text: str, *, before: int | None = None, limit: int | None = None
+    ) -> tuple[list[MsgEvent], int | None]:
+        """A page of the ``msg`` events of ``room`` whose text has every word
+        of ``text`` (each beginning a word, any case), oldest first; the
+        first page has the newest. Also the ``before`` to ask with for older
+        matches, None when there are none. A page may be short, even empty,
+        with older matches to come: the broker looks at so many events a
+        request."""
+        raw = await self.request(
+            Search(room=normalize_room(room), text=text, before=before, limit=limit)
+        )
+        reply = _expect(raw, SearchReply)
+        events = [decode_event(bytes(e)) for e in reply.events]
+        return [e for e in events if isinstance(e, MsgEvent)], reply.before if reply.more else None
 
     async def set_nick(self, nick: str) -> NickReply:
         reply = _expect(await self.request(Nick(nick=nick)), NickReply)

@@ -14,7 +14,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from messages import HISTORY_MAX, ProtocolError, check_nick, is_room, normalize_room
+from messages import (
+    HISTORY_MAX,
+    MsgEvent,
+    ProtocolError,
+    check_nick,
+    check_search,
+    is_room,
+    normalize_room,
+)
 
 from . import _render as r
 
@@ -198,6 +206,37 @@ async def _history(ui: ChatUI, rest: str) -> bool:
     return True
 
 
+SEARCH_SHOWN = 20  # matches /search shows
+SEARCH_PAGES = 5  # requests it makes at most to find them
+
+
+async def _search(ui: ChatUI, rest: str) -> bool:
+    if ui.current is None:
+        raise Usage("you are in no room")
+    text = rest.strip()
+    try:
+        check_search(text)
+    except ProtocolError as err:
+        raise Usage(err.message) from None
+    found: list[MsgEvent] = []
+    before = None
+    for _ in range(SEARCH_PAGES):
+        events, before = await ui.client.search(
+            ui.current, text, before=before, limit=SEARCH_SHOWN - len(found)
+        )
+        found = events + found
+        if before is None or len(found) >= SEARCH_SHOWN:
+            break
+    if not found:
+        ui.show(r.info(f"nothing in #{ui.current} matches {text!r}"))
+        return True
+    older = " (older ones too)" if before is not None else ""
+    ui.show(r.info(f"{len(found)} in #{ui.current} matching {text!r}{older}:"))
+    for ev in found:
+        ui.show_event(ev)
+    return True
+
+
 async def _quit(ui: ChatUI, rest: str) -> bool:
     ui.quit_reason = rest.strip() or None
     return False
@@ -226,6 +265,12 @@ COMMANDS: tuple[Command, ...] = (
         "[N]",
         f"the last N events of the room (default 20, up to {HISTORY_MAX})",
         _history,
+    ),
+    Command(
+        "search",
+        "TEXT",
+        f"the room's last {SEARCH_SHOWN} messages with every word of TEXT",
+        _search,
     ),
     Command("quit", "[REASON]", "leave zchat, saying why (also Ctrl-D)", _quit, aliases=("exit",)),
 )

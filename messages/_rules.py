@@ -165,6 +165,46 @@ def clean_text(text: str, max_text: int = TEXT_MAX, *, allow_empty: bool = False
     return text
 
 
+# Addition: search. What is typed is at most SEARCH_TEXT_MAX characters
+# and SEARCH_WORDS_MAX words; a word is a run of letters and digits (what
+# SQLite's unicode61 tokenizer calls a token), compared in lower case.
+SEARCH_TEXT_MAX = 200
+SEARCH_WORDS_MAX = 10
+_WORD_RE = re.compile(r"[^\W_]+")
+
+
+def search_words(text: str) -> list[str]:
+    """The words of ``text``, in lower case and in order: runs of letters
+    and digits (punctuation, ``_`` and space separate them)."""
+    return _WORD_RE.findall(text.lower())
+
+
+def check_search(text: str) -> list[str]:
+    """The words of a ``search`` request's text, or ``bad_request``."""
+    if len(text) > SEARCH_TEXT_MAX:
+        raise ProtocolError(
+            Code.BAD_REQUEST,
+            f"search text is {len(text)} characters long; the limit is {SEARCH_TEXT_MAX}",
+        )
+    if not text.isprintable() and _CONTROL_RE.search(text) is not None:
+        raise ProtocolError(Code.BAD_REQUEST, "search text contains a control character")
+    words = search_words(text)
+    if not words:
+        raise ProtocolError(Code.BAD_REQUEST, "search text has no word to look for")
+    if len(words) > SEARCH_WORDS_MAX:
+        raise ProtocolError(
+            Code.BAD_REQUEST,
+            f"search text has {len(words)} words; the limit is {SEARCH_WORDS_MAX}",
+        )
+    return words
+
+
+def words_match(words: list[str], text: str) -> bool:
+    """Whether every one of ``words`` (lower case) begins a word of ``text``."""
+    found = search_words(text)
+    return all(any(w.startswith(q) for w in found) for q in words)
+
+
 _last_ts: tuple[int, str] = (-1, "")
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, TypeVar, Union
 import msgspec
 
 from ._errors import Code, ProtocolError
-from ._rules import GOOD_ROOMS, TEXT_MAX, check_nick, check_room, clean_text
+from ._rules import GOOD_ROOMS, TEXT_MAX, check_nick, check_room, check_search, clean_text
 
 ReqId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _INT64_MAX = 2**63 - 1
@@ -150,6 +150,26 @@ class History(_Request, tag="history", kw_only=True, frozen=True):
         return min(self.limit or HISTORY_DEFAULT, HISTORY_MAX)
 
 
+class Search(_Request, tag="search", kw_only=True, frozen=True):
+    """Addition: the ``msg`` events of ``room`` whose text has every word of
+    ``text`` (each beginning a word, any case), the newest page first; the
+    reply's ``before`` continues with older ones."""
+
+    room: str
+    text: str
+    before: Seq | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=_INT64_MAX)] | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Search:
+        check_room(self.room)
+        check_search(self.text)
+        return self
+
+    @property
+    def effective_limit(self) -> int:
+        return min(self.limit or HISTORY_DEFAULT, HISTORY_MAX)
+
+
 class Nick(_Request, tag="nick", kw_only=True, frozen=True):
     nick: str
 
@@ -228,7 +248,21 @@ class Commands(_Request, tag="commands", kw_only=True, frozen=True):
 
 
 Request = Union[
-    Hello, Join, Part, Say, Pm, Who, Rooms, History, Nick, Topic, Ping, Bye, Offer, Commands
+    Hello,
+    Join,
+    Part,
+    Say,
+    Pm,
+    Who,
+    Rooms,
+    History,
+    Search,
+    Nick,
+    Topic,
+    Ping,
+    Bye,
+    Offer,
+    Commands,
 ]
 
 # ------------------------------------------------------ replies and pushes
@@ -334,6 +368,20 @@ class HistoryReply(_Reply, tag="history", kw_only=True, frozen=True):
     first: int | None = None
 
 
+class SearchReply(_Reply, tag="search", kw_only=True, frozen=True):
+    """Addition: matching ``msg`` events, oldest first, spliced in as stored.
+
+    ``more`` says older matches may remain; then ``before`` is what to ask
+    with next (the seq the search reached, which is not always an event of
+    the page: a reply looks at a bounded number of events, and may hold
+    none)."""
+
+    room: str
+    events: list[msgspec.Raw]
+    more: bool
+    before: int | None = None
+
+
 class NickReply(_Reply, tag="nick", kw_only=True, frozen=True):
     old: str
     new: str
@@ -393,6 +441,7 @@ Reply = Union[
     WhoReply,
     RoomsReply,
     HistoryReply,
+    SearchReply,
     NickReply,
     Pong,
     ByeReply,
@@ -455,6 +504,7 @@ REQUEST_TYPES: dict[str, type[Any]] = {
         Who,
         Rooms,
         History,
+        Search,
         Nick,
         Topic,
         Ping,

@@ -6,12 +6,15 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
+from broker._backend import SEARCH_SCAN
 from broker._keys import keygen
+from broker._redis import RedisBackend
 from client import Client, Reconnected, ZchatError
 from client._keys import curve_keys
-from messages import JoinEvent, LeaveEvent, MsgEvent, Pm, PmPush
+from messages import JoinEvent, LeaveEvent, MsgEvent, Pm, PmPush, encode
 
 from .helpers import Broker, PausableProxy, run, wait_until, whole_history
 from .redis_servers import RedisServer
@@ -468,3 +471,47 @@ def test_a_pm_for_a_session_whose_node_died_waits_for_it_on_the_next(
                 assert got.text.startswith("0 ")
 
     run(body(), 60)
+
+
+def test_search_is_one_search_from_every_node(nodes: Callable[[int], list[Broker]]) -> None:
+    a, b = nodes(2)
+
+    async def body() -> None:
+        async with (
+            Client(a.endpoint, "alice", rooms=["general"]) as alice,
+            Client(b.endpoint, "bob", rooms=[]) as bob,
+        ):
+            for text in ["Deploy at noon", "lunch?", "deployed, all green", "ping"]:
+                await alice.say("general", text)
+            events, before = await bob.search("general", "DEPLOY")
+            assert [e.text for e in events] == ["Deploy at noon", "deployed, all green"]
+            assert before is None
+            events, before = await bob.search("general", "deploy", limit=1)
+            assert [e.text for e in events] == ["deployed, all green"] and before is not None
+            events, before = await bob.search("general", "deploy", before=before)
+            assert [e.text for e in events] == ["Deploy at noon"] and before is None
+            assert (await bob.search("general", "green noon"))[0] == []
+
+    run(body())
+
+
+def test_a_cluster_search_looks_at_a_bounded_number_of_events(redis_server: Any) -> None:
+    backend = RedisBackend(redis_server.url, node="n1")
+    try:
+        n = SEARCH_SCAN + 500
+        for seq in range(1, n + 1):
+            text = "needle in the hay" if seq in (1, n - 1) else "hay"
+            ev = MsgEvent(room="r", seq=seq, ts="2026-11-24T12:00:00.123Z", from_="a", text=text)
+            backend.add("r", seq, encode(ev), 1000.0)
+        backend.commit()
+
+        def seqs(page: Any) -> list[int]:
+            return [msgspec.json.decode(e)["seq"] for e in page.events]
+
+        page = backend.search("r", "Needle", before=None, limit=50, max_bytes=1 << 20)
+        assert seqs(page) == [n - 1] and page.more and page.before == n - SEARCH_SCAN + 1
+        page = backend.search("r", "needle", before=page.before, limit=50, max_bytes=1 << 20)
+        assert seqs(page) == [1] and not page.more
+        assert backend.search("r", "hay", before=5, limit=2, max_bytes=1 << 20).before == 3
+    finally:
+        backend.close()
