@@ -13,9 +13,13 @@ acknowledged. Reads see every write added before them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
+
+from messages import words_match
 
 
 class StoreError(Exception):
@@ -44,8 +48,42 @@ class Page:
 
 
 # A search looks at no more stored events than this per request, matching
-# or not (some events of the room, or of the segments that hold its words).
+# or not (some events of the room, or of the segments that hold its words),
+# and takes no more of the loop than SEARCH_BUDGET_S: past either, its page
+# ends early, with ``more`` and where to go on. Each search costs five
+# tokens (see _core._COST), so an address's searches take at most
+# --address-rate / 5 times the budget a second (100 ms of each second).
 SEARCH_SCAN = 20_000
+SEARCH_BUDGET_S = 0.005
+
+
+class _Text(msgspec.Struct):
+    type: str = ""
+    text: str | None = None
+
+
+_event_text = msgspec.json.Decoder(_Text).decode
+
+
+def matcher(words: list[str]) -> Callable[[bytes], bool]:
+    """Whether an event body is a ``msg`` whose text has every one of the
+    search ``words`` (see :func:`messages.words_match`).
+
+    Most events of a search match none of its words: an ASCII body is first
+    looked through for each ASCII word as bytes (in C), and decoded only
+    when all are there; the decoding and matching in Python cost 12 us an
+    event, and a search may look at thousands."""
+    ascii_words = [w.encode() for w in words if w.isascii()]
+
+    def matches(body: bytes) -> bool:
+        if ascii_words and body.isascii():
+            low = body.lower()
+            if not all(w in low for w in ascii_words):
+                return False
+        event = _event_text(body)
+        return event.type == "msg" and bool(event.text) and words_match(words, event.text or "")
+
+    return matches
 
 
 class Backend(Protocol):

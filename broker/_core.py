@@ -1340,7 +1340,10 @@ _COST: dict[type, int] = {
     Topic: 1,
     Offer: 1,
     History: 1,
-    Search: 1,
+    # A search may look through thousands of events (up to SEARCH_BUDGET_S
+    # of the loop): five tokens, so an address's searches take at most a
+    # tenth of the loop at the default --address-rate.
+    Search: 5,
     Who: 1,
     Rooms: 1,
     Commands: 1,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,9 +43,9 @@ import msgspec
 import redis
 import redis.cluster
 
-from messages import nick_key, search_words, words_match
+from messages import nick_key, search_words
 
-from ._backend import SEARCH_SCAN, Page, RoomState, StoreError, StoreFull
+from ._backend import SEARCH_BUDGET_S, SEARCH_SCAN, Page, RoomState, StoreError, StoreFull, matcher
 from ._recent import DEDUP_S, dedup_key
 
 log = logging.getLogger("zchat.broker")
@@ -443,13 +444,14 @@ class RedisBackend:
         hi = f"({before}-0" if before is not None else "+"
         found: list[bytes] = []  # newest first
         size = scanned = 0
-        while scanned < SEARCH_SCAN:
+        matches = matcher(words)
+        deadline = time.perf_counter() + SEARCH_BUDGET_S
+        while scanned < SEARCH_SCAN and (not scanned or time.perf_counter() < deadline):
             count = min(_SEARCH_CHUNK, SEARCH_SCAN - scanned)
             entries = self.r.xrevrange(stream, hi, "-", count=count)
             for eid, fields in entries:
                 body = fields[b"e"]
-                event = _text_of(body)
-                if event.type != "msg" or not event.text or not words_match(words, event.text):
+                if not matches(body):
                     continue
                 size += len(body) + 1
                 if len(found) >= limit or (found and size > max_bytes):
@@ -518,15 +520,7 @@ class RedisBackend:
             self.r.close()
 
 
-_SEARCH_CHUNK = 1000  # entries a search reads from Redis at a time
-
-
-class _Text(msgspec.Struct):
-    type: str = ""
-    text: str | None = None
-
-
-_text_of = msgspec.json.Decoder(_Text).decode
+_SEARCH_CHUNK = 250  # entries a search reads from Redis at a time
 
 
 def _seq_of(entry_id: bytes | str) -> int:

@@ -60,9 +60,18 @@ from collections.abc import Iterator
 
 import msgspec
 
-from messages import search_words, words_match
+from messages import search_words
 
-from ._backend import SEARCH_SCAN, Page, RoomState, StoreError, StoreFull
+from ._backend import (
+    SEARCH_BUDGET_S,
+    SEARCH_SCAN,
+    Page,
+    RoomState,
+    StoreError,
+    StoreFull,
+    _Text,
+    matcher,
+)
 from ._recent import DEDUP_S
 
 __all__ = ["Page", "RoomState", "Store", "StoreError", "StoreFull"]
@@ -135,12 +144,6 @@ CREATE VIRTUAL TABLE IF NOT EXISTS msg_words USING fts5(
 """
 
 
-class _Text(msgspec.Struct):
-    type: str = ""
-    text: str | None = None
-
-
-_event_text = msgspec.json.Decoder(_Text).decode
 _events_text = msgspec.json.Decoder(list[_Text]).decode
 
 
@@ -648,16 +651,17 @@ class Store:
         found: list[bytes] = []  # newest first
         last = hi  # the seq of the oldest event looked at
         size = scanned = 0
+        matches = matcher(words)
+        deadline = time.perf_counter() + SEARCH_BUDGET_S
         for first, blob in self._search_rows(room, hi, min(top[0], self._indexed), match):
-            if scanned >= SEARCH_SCAN:
+            if scanned >= SEARCH_SCAN or time.perf_counter() > deadline:
                 found.reverse()
                 return Page(found, True, None, before=last)
             bodies = blob.split(b"\n")[: max(0, hi - first)]
             scanned += len(bodies)
             for i in range(len(bodies) - 1, -1, -1):
                 body = bodies[i]
-                event = _event_text(body)
-                if event.type != "msg" or not event.text or not words_match(words, event.text):
+                if not matches(body):
                     continue
                 size += len(body) + 1
                 if len(found) >= limit or (found and size > max_bytes):

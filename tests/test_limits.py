@@ -597,3 +597,41 @@ def test_ids_with_control_characters_and_lookalike_nicks(make_broker: Make, zctx
     assert ack["type"] == "ack"
     alice.close()
     eve.close()
+
+
+def test_searches_that_look_through_everything_take_a_bounded_share(
+    make_broker: Make, zctx: Any, tmp_path: Any
+) -> None:
+    """A search for words that are in every segment but never in one message
+    looks at every event: 250 ms for 20,000 of them, before bounds. Each
+    search now stops after 5 ms (with 'more' and where to go on) and costs
+    five tokens, so one address's searches take at most a tenth of the loop."""
+    import messages as m
+    from broker import Store
+
+    store = Store(str(tmp_path / "full.db"))
+    for seq in range(1, 40_001):
+        text = ("alpha" if seq % 2 else "beta") + " and some more words, as people write"
+        body = m.encode(m.MsgEvent(room="big", seq=seq, ts=m.format_ts(0), from_="x", text=text))
+        store.add("big", seq, body, 1000.0)
+        if seq % 250 == 0:
+            store.commit()
+    store.close()
+    b = make_broker(store=str(tmp_path / "full.db"))
+    attackers = [RawClient(zctx, from_address(b.endpoint, "127.0.0.2")) for _ in range(4)]
+    for i, a in enumerate(attackers):
+        _hello(a, f"seeker{i}")
+    answers: list[str] = []
+    with Polite(b) as polite:
+        for _ in range(60):
+            for a in attackers:
+                a.send({"type": "search", "room": "big", "text": "alpha beta"})
+            for a in attackers:
+                reply = a.recv()
+                answers.append(reply["type"] if reply["type"] != "error" else reply["code"])
+                if reply["type"] == "search":
+                    assert reply["events"] == [] and reply["more"] is True and reply["before"]
+        polite.check()
+    assert "search" in answers and "rate_limited" in answers, set(answers)
+    for a in attackers:
+        a.close()
