@@ -286,6 +286,8 @@ class ChatInput(Input):
                 self.ui_app.bell()
                 return
             options = [text[: len(text) + c.start_position] + c.text for c in found]
+            if len(options) == 1 and not options[0].endswith(" "):
+                options[0] += " "  # the only one: on to what follows it
             before, index = len(text), 0
         self._cycle = (after, before, options, index)
         self.value = options[index] + after
@@ -337,13 +339,14 @@ class ZchatApp(App[None]):
         self.history_file = history
         self.loading = False
         self._built = False
+        self.panels: dict[str, Text] = {}  # what the side panels show, by id
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
             yield Static(id="rooms")
             with Vertical(id="center"):
                 yield Static(id="topic")
-                yield ChatLog(id="log", wrap=True, markup=False, highlight=False)
+                yield ChatLog(id="log", wrap=True, markup=False, highlight=False, min_width=20)
             yield Static(id="members")
         yield Static(id="status")
         yield ChatInput(self, self.history_file)
@@ -466,15 +469,16 @@ class ZchatApp(App[None]):
     def render_item(self, view: View, item: Any) -> RenderableType:
         if isinstance(item, Text) or not hasattr(item, "ts"):
             return item  # type: ignore[no-any-return]
-        log = self.query_one(ChatLog)
-        width = max(20, log.scrollable_content_region.width - 1)
         current = None if view.is_pm else view.key
-        return r.event_grid(item, me=self.client.nick, current=current, width=width)
+        return r.event_grid(item, me=self.client.nick, current=current, width=self.log_width())
+
+    def log_width(self) -> int:
+        return max(20, self.query_one(ChatLog).scrollable_content_region.width)
 
     def write_line(self, view: View, item: Any) -> None:
         if not self._built:
             return
-        self.query_one(ChatLog).write(self.render_item(view, item))
+        self.query_one(ChatLog).write(self.render_item(view, item), width=self.log_width())
         self.refresh_panels()
 
     def rebuild(self, *, scroll_end: bool = True) -> None:
@@ -487,7 +491,7 @@ class ZchatApp(App[None]):
         if view is not None:
             view.unread, view.mention = 0, False
             for item in view.items:
-                log.write(self.render_item(view, item), scroll_end=False)
+                log.write(self.render_item(view, item), width=self.log_width(), scroll_end=False)
         if scroll_end:
             log.scroll_end(animate=False)
         self.refresh_panels()
@@ -509,7 +513,7 @@ class ZchatApp(App[None]):
                 line.append(f" {item.unread}", style="bold yellow" if not item.mention else r.ERROR)
             rooms.append_text(line)
             rooms.append("\n")
-        self.query_one("#rooms", Static).update(rooms)
+        self._panel("rooms", rooms)
         if view is None:
             topic = Text("")
         elif view.is_pm:
@@ -518,9 +522,17 @@ class ZchatApp(App[None]):
             topic = Text.assemble(
                 (f" #{view.key}: ", "bold"), Text(r.safe(view.topic) or "(no topic)")
             )
-        self.query_one("#topic", Static).update(topic)
-        self.query_one("#members", Static).update(self._members(view))
-        self.query_one("#status", Static).update(self._status())
+        self._panel("topic", topic)
+        self._panel("members", self._members(view))
+        self._panel("status", self._status())
+
+    def _panel(self, name: str, text: Text) -> None:
+        self.panels[name] = text
+        self.query_one(f"#{name}", Static).update(text)
+
+    def log_text(self) -> str:
+        """The message pane's lines, as plain text."""
+        return "\n".join(line.text.rstrip() for line in self.query_one(ChatLog).lines)
 
     def _members(self, view: View | None) -> Text:
         out = Text(no_wrap=True, overflow="ellipsis")

@@ -330,10 +330,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def wants_fullscreen(plain: bool, interactive: bool, term: str) -> bool:
+    """The full-screen client on a terminal; the line client with --plain,
+    a pipe, or a terminal that cannot move the cursor (TERM=dumb)."""
+    return interactive and not plain and term not in ("", "dumb")
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    fullscreen = interactive and not args.plain and os.environ.get("TERM", "") != "dumb"
+    fullscreen = wants_fullscreen(args.plain, interactive, os.environ.get("TERM", ""))
     console = Console(highlight=False, force_terminal=interactive or None)
 
     async def body() -> int:
