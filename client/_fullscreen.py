@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, ClassVar
 
+import msgspec
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
@@ -104,6 +105,7 @@ class FullscreenUI(ChatUI):
         self.route: str | None = None  # where ``show`` goes while a command runs
         # room -> nick -> (idle ms, time.monotonic() when known)
         self.idle: dict[str, dict[str, tuple[int, float]]] = {}
+        self._away: tuple[View, Any] | None = None  # the "reconnecting" line shown
 
     # ------------------------------------------------------------ views
 
@@ -164,7 +166,18 @@ class FullscreenUI(ChatUI):
         self.app.rebuild()
 
     def on_item(self, item: Any) -> None:
+        if isinstance(item, Reconnected) and self._away is not None:
+            # One line for the whole outage: "reconnected" replaces "reconnecting".
+            where, line = self._away
+            with contextlib.suppress(ValueError):
+                where.items.remove(line)
+            self._away = None
+            self.app.rebuild()
         super().on_item(item)
+        if isinstance(item, Disconnected) and self._away is None:
+            shown = self.views.get(self.viewing or "")
+            if shown is not None and shown.items:
+                self._away = (shown, shown.items[-1])
         if isinstance(item, TopicEvent) and item.room in self.views:
             self.views[item.room].topic = item.topic
         elif isinstance(item, MsgEvent):
@@ -467,8 +480,8 @@ class ZchatApp(App[None]):
     # ------------------------------------------------------------ drawing
 
     def render_item(self, view: View, item: Any) -> RenderableType:
-        if isinstance(item, Text) or not hasattr(item, "ts"):
-            return item  # type: ignore[no-any-return]
+        if not isinstance(item, msgspec.Struct):
+            return item  # type: ignore[no-any-return]  # a line of our own: Text, a table
         current = None if view.is_pm else view.key
         return r.event_grid(item, me=self.client.nick, current=current, width=self.log_width())
 

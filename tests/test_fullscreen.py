@@ -11,10 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+import zmq
 from textual.pilot import Pilot
 
 from client import Client, Disconnected, Reconnected
+from client._client import CurveKeys
 from client._fullscreen import ZchatApp
+from client._keys import fingerprint
 from client._tui import wants_fullscreen
 from messages import JoinEvent, MsgEvent, PmPush, TopicEvent, WhoReply, WhoUser
 
@@ -219,6 +222,9 @@ def test_a_broker_restart_is_one_line_and_missed_messages_are_counted(broker: Br
             await until(pilot, lambda: "reconnected" in app.log_text(), "the reconnected line", 30)
             await until(pilot, lambda: "connected" == app.ui.status, "connected again")
             assert app.log_text().count("reconnected") == 1
+            # One line for the outage: "reconnecting" gave way to "reconnected".
+            assert "reconnecting" not in app.log_text()
+            assert "the broker is shutting down" not in app.log_text()  # it was killed
             assert "(the broker restarted)" in app.log_text()
             assert "alice  |  connected" in app.panels["status"].plain
             async with other(broker, "bob", "general") as bob:
@@ -285,9 +291,25 @@ class CannedClient:
         return None
 
 
-def canned_app() -> ZchatApp:
-    app = ZchatApp(CannedClient())  # type: ignore[arg-type]
-    return app
+def canned_app(curve: CurveKeys | None = None) -> ZchatApp:
+    return ZchatApp(CannedClient(), curve=curve)  # type: ignore[arg-type]
+
+
+def test_the_status_line_shows_the_broker_key_when_encrypted() -> None:
+    server_public, _ = zmq.curve_keypair()
+    public, secret = zmq.curve_keypair()
+    keys = CurveKeys(server_public=server_public, public=public, secret=secret)
+
+    async def body() -> None:
+        for curve, shown in ((None, False), (keys, True)):
+            app = canned_app(curve)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await until(pilot, lambda: "status" in app.panels, "the status line")  # noqa: B023
+                status = app.panels["status"].plain
+                assert status.startswith(" alice  |  connected")
+                assert (f"encrypted: broker {fingerprint(server_public)}" in status) is shown
+
+    run(body())
 
 
 async def fill(pilot: Pilot[Any]) -> None:
