@@ -339,11 +339,16 @@ def wants_fullscreen(plain: bool, interactive: bool, term: str) -> bool:
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    fullscreen = wants_fullscreen(args.plain, interactive, os.environ.get("TERM", ""))
-    console = Console(highlight=False, force_terminal=interactive or None)
+    # Under textual-serve (make serve) the screen is a browser's, through
+    # stdin and stdout: nothing else may be printed there, nor asked.
+    web = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")
+    fullscreen = web or wants_fullscreen(args.plain, interactive, os.environ.get("TERM", ""))
+    console = Console(highlight=False, force_terminal=interactive or None, stderr=web)
 
     async def body() -> int:
         check_endpoints(args.connect)
+        if web and not args.nick:
+            raise InvalidInput("no_nick", "in a browser, give --nick (or ZCHAT_NICK)")
         rooms = [valid_room(room) for room in args.room or [DEFAULT_ROOM]]
         try:
             curve = curve_keys(args.server_key)

@@ -4,10 +4,15 @@ against real brokers; and snapshots of its screen, drawn from canned data."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +26,7 @@ from client._keys import fingerprint
 from client._tui import wants_fullscreen
 from messages import JoinEvent, MsgEvent, PmPush, TopicEvent, WhoReply, WhoUser
 
-from .helpers import Broker, run
+from .helpers import ROOT, Broker, run, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -351,3 +356,74 @@ def test_snapshot_80x24(snap_compare: Snap) -> None:
 
 def test_snapshot_160x48(snap_compare: Snap) -> None:
     assert snap_compare(canned_app(), terminal_size=(160, 48), run_before=fill)
+
+
+# ------------------------------------------------------------------ make serve
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_make_serve_runs_it_in_a_browser_on_loopback(broker: Broker, tmp_path: Path) -> None:
+    aiohttp = pytest.importorskip("aiohttp")
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), XDG_DATA_HOME=str(tmp_path))
+    cmd = [sys.executable, "-m", "client._serve", "--port", str(port)]
+    cmd += ["--nick", "webby", "--connect", broker.endpoint]
+    with open(tmp_path / "serve.log", "wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, cwd=tmp_path)
+    try:
+
+        def page() -> bool:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                return True
+            return False
+
+        wait_until(page, 20, "the page to be served")
+
+        async def body() -> None:
+            async with other(broker, "bob", "general") as bob, aiohttp.ClientSession() as s:
+                url = f"http://127.0.0.1:{port}/ws?width=80&height=24"
+                async with s.ws_connect(url) as ws:
+                    screen = b""
+
+                    async def read_until(what: bytes) -> None:
+                        nonlocal screen
+                        deadline = time.monotonic() + 20
+                        while what not in screen:
+                            left = deadline - time.monotonic()
+                            assert left > 0, f"{what!r} never shown"
+                            with contextlib.suppress(asyncio.TimeoutError):
+                                m = await ws.receive(timeout=left)
+                                assert m.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT)
+                                data = m.data if isinstance(m.data, bytes) else m.data.encode()
+                                screen += data
+
+                    await read_until(b"webby")  # the status line, drawn in the page
+                    await ws.send_json(["stdin", "from the browser\r"])
+                    got = await asyncio.wait_for(bob.next_item(), 20)
+                    while not (isinstance(got, MsgEvent) and got.from_ == "webby"):
+                        got = await asyncio.wait_for(bob.next_item(), 20)
+                    assert got.text == "from the browser"
+
+        run(body())
+        # Only on loopback.
+        with pytest.raises(OSError), socket.create_connection((outside_address(), port), 2):
+            pass
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def outside_address() -> str:
+    """An address of this machine that is not loopback (or one that is
+    nobody's, where nothing listens either)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with contextlib.suppress(OSError):
+            s.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent
+            return str(s.getsockname()[0])
+    return "192.0.2.1"
