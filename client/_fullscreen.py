@@ -148,13 +148,22 @@ class FullscreenUI(ChatUI):
             self.app.write_line(view, item)
 
     def show(self, renderable: Any) -> None:
-        self.add(self.route or self.viewing or self.current, renderable)
+        key = self.viewing
+        if key is not None and not key.startswith(PM) and key not in self.client.rooms:
+            key = self.current  # the room shown was just left: said where we are now
+        self.add(self.route or key or self.current, renderable)
+
+    def pm_key(self, nick: str) -> str:
+        """The conversation with ``nick``: the one open already, whatever
+        the case its nick was written in."""
+        key = PM + nick
+        return next((k for k in self.views if k.lower() == key.lower()), key)
 
     def show_event(self, ev: Any) -> None:
         if isinstance(ev, PmPush):
             me = self.client.nick.lower()
             other = ev.to if ev.from_.lower() == me else ev.from_
-            self.add(PM + other, ev)
+            self.add(self.pm_key(other), ev)
             return
         room = getattr(ev, "room", None)
         self.add(room if room in self.views or room in self.client.rooms else self.viewing, ev)
@@ -212,7 +221,7 @@ class FullscreenUI(ChatUI):
         command = _commands.find(name) if line.startswith("/") else None
         self.route = None
         if command is not None and command.name == "pm" and rest.split(maxsplit=1)[1:]:
-            self.route = PM + rest.split()[0]
+            self.route = self.pm_key(rest.split()[0])
         before = self.current
         try:
             going = await super().handle(line)
@@ -491,7 +500,10 @@ class ZchatApp(App[None]):
     def write_line(self, view: View, item: Any) -> None:
         if not self._built:
             return
-        self.query_one(ChatLog).write(self.render_item(view, item), width=self.log_width())
+        log = self.query_one(ChatLog)
+        # Someone reading further up is left there; at the end, it follows.
+        following = log.scroll_y >= log.max_scroll_y
+        log.write(self.render_item(view, item), width=self.log_width(), scroll_end=following)
         self.refresh_panels()
 
     def rebuild(self, *, scroll_end: bool = True) -> None:

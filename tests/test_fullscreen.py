@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 import zmq
 from textual.pilot import Pilot
@@ -151,6 +153,8 @@ def test_commands_history_and_completion(broker: Broker) -> None:
             await pilot.press("home", "shift+end", "backspace")
             await pilot.press(*"/part #lunch bye", "enter")
             await until(pilot, lambda: "#lunch" not in rooms_text(app), "#lunch leaving the list")
+            assert app.ui.viewing == "general"
+            assert "-!- you left #lunch" in app.log_text()
             await pilot.press("up")
             assert box.value == "/part #lunch bye"  # type: ignore[attr-defined]
             await pilot.press("up", "up")
@@ -183,10 +187,16 @@ def test_scrolling_past_the_top_loads_history_page_by_page(
                 shown = [int(w[5:8]) for w in text.split("<bob> ")[1:]]
                 assert shown == list(range(130)), shown  # each once, in order
                 assert text.index("--> bob joined #general") < text.index("line 000")
+                # A new message does not pull a reader back down.
+                log = app.query_one("#log")
+                top = log.scroll_y  # type: ignore[attr-defined]
+                await bob.say("general", "line 130")
+                await until(pilot, lambda: "line 130" in app.log_text(), "a new line")
+                await pilot.pause()
+                assert log.scroll_y == top  # type: ignore[attr-defined]
                 # PageDown goes back down to the newest.
                 for _ in range(100):
                     await pilot.press("pagedown")
-                log = app.query_one("#log")
                 assert log.scroll_y == log.max_scroll_y  # type: ignore[attr-defined]
 
     run(body())
@@ -211,6 +221,10 @@ def test_a_private_message_opens_a_conversation(broker: Broker) -> None:
                 got = await asyncio.wait_for(bob.next_item(), 10)
             assert (got.from_, got.text) == ("alice", "hello back")
             await until(pilot, lambda: "[pm to bob] hello back" in app.log_text(), "our pm")
+            # A pm to BOB is the same conversation.
+            await pilot.press(*"/pm BOB again", "enter")
+            await until(pilot, lambda: "[pm to bob] again" in app.log_text(), "the same one")
+            assert "@BOB" not in rooms_text(app)
             # /pm to someone new opens theirs.
             await pilot.press(*"/pm carol hi", "enter")
             await until(pilot, lambda: "@carol" in rooms_text(app), "a conversation with carol")
@@ -427,3 +441,33 @@ def outside_address() -> str:
             s.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent
             return str(s.getsockname()[0])
     return "192.0.2.1"
+
+
+# ------------------------------------------------------------- the real program
+
+
+def test_zchat_on_a_terminal_is_full_screen_and_a_signal_says_goodbye(
+    broker: Broker, tmp_path: Path, zctx: Any
+) -> None:
+    from .test_tui import Terminal, bob_in_general, next_event
+
+    bob = bob_in_general(zctx, broker)
+    t = Terminal(["--connect", broker.endpoint, "--nick", "alice"], tmp_path)
+    try:
+        t.wait_for(r"alice  \|  connected")  # the status line: full screen
+        t.wait_for(r">1 #general")  # the room list
+        t.wait_for(r"2 here")  # the members
+        bob.request({"type": "say", "room": "general", "text": "hi [b]alice[/b]"})
+        t.wait_for(r"<bob> hi \[b\]alice\[/b\]")
+        t.type("hello from full screen\r")
+        ev = next_event(bob, lambda e: e["type"] == "msg" and e["from"] == "alice")
+        assert ev["text"] == "hello from full screen"
+        t.child.kill(signal.SIGTERM)
+        left = next_event(bob, lambda e: e["type"] == "leave" and e["nick"] == "alice")
+        assert left["reason"] == "quit"
+        t.child.expect(pexpect.EOF, timeout=20)
+        t.child.close()
+        assert t.child.exitstatus == 128 + signal.SIGTERM
+    finally:
+        t.close()
+        bob.close()
