@@ -48,6 +48,7 @@ from ._tui_complete import ChatCompleter
 
 PAGE = 50  # events fetched from history per page scrolled past the top
 WHO_EVERY_S = 30.0  # how often the members' idle times are asked again
+NARROW = 72  # below this many columns, the members' list is not shown
 PM = "@"  # the key of a conversation: "@" + the other's nick
 
 
@@ -244,6 +245,11 @@ class ChatLog(RichLog):
         if isinstance(app, ZchatApp):
             app.call_after_refresh(app.rebuild)
 
+    async def on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        app = self.app
+        if self.scroll_y <= 0 and isinstance(app, ZchatApp):
+            await app.load_older()  # the wheel past the top, as PageUp
+
 
 class ChatInput(Input):
     """The input line: Up and Down recall what was typed, Tab completes."""
@@ -385,6 +391,10 @@ class ZchatApp(App[None]):
         self.set_interval(5.0, self.refresh_panels)
         self.set_interval(WHO_EVERY_S, self._ask_who)
         self.run_worker(self._start(), group="start")
+
+    def on_resize(self, event: events.Resize) -> None:
+        # Narrower than the 80 columns it is made for, the members give way.
+        self.query_one("#members").display = event.size.width >= NARROW
 
     async def _start(self) -> None:
         for room in self.start_rooms:

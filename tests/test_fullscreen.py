@@ -19,6 +19,7 @@ from typing import Any
 import pexpect
 import pytest
 import zmq
+from textual import events
 from textual.pilot import Pilot
 
 from client import Client, Disconnected, Reconnected
@@ -177,6 +178,13 @@ def test_scrolling_past_the_top_loads_history_page_by_page(
             async with fullscreen(b, "alice", "general") as (app, pilot):
                 text = app.log_text()
                 assert "line 129" in text and "line 119" not in text  # the backlog: 10
+                # The mouse wheel past the top loads a page too.
+                log = app.query_one("#log")
+                log.scroll_home(animate=False)
+                await pilot.pause()
+                wheel = events.MouseScrollUp(log, 5, 5, 0, -1, 0, False, False, False)
+                log.post_message(wheel)
+                await until(pilot, lambda: "line 100" in app.log_text(), "a page by the wheel")
                 pages = 0
                 while "the beginning of #general" not in app.log_text():
                     await pilot.press("pageup")
@@ -184,11 +192,11 @@ def test_scrolling_past_the_top_loads_history_page_by_page(
                     assert pages < 200, "history never reached its beginning"
                 text = app.log_text()
                 assert pages > 3  # more than one page was loaded
+                assert app.ui.views["general"].more is False
                 shown = [int(w[5:8]) for w in text.split("<bob> ")[1:]]
                 assert shown == list(range(130)), shown  # each once, in order
                 assert text.index("--> bob joined #general") < text.index("line 000")
                 # A new message does not pull a reader back down.
-                log = app.query_one("#log")
                 top = log.scroll_y  # type: ignore[attr-defined]
                 await bob.say("general", "line 130")
                 await until(pilot, lambda: "line 130" in app.log_text(), "a new line")
@@ -272,6 +280,12 @@ def test_the_screen_reflows_on_resize(broker: Broker) -> None:
             assert "word29" in app.log_text()
             await pilot.resize_terminal(80, 24)
             await until(pilot, lambda: app.log_text().count("\n") == narrow, "the same lines again")
+            members = app.query_one("#members")
+            assert members.display
+            await pilot.resize_terminal(60, 20)  # narrower: the members give way
+            await until(pilot, lambda: not members.display, "the members hidden")
+            # The messages take the room: 60 - 16 of the room list, not 60 - 16 - 18.
+            await until(pilot, lambda: app.log_width() >= 40, "the messages wider")
 
     run(body())
 
