@@ -46,6 +46,7 @@ from ._keys import fingerprint
 from ._tui import ChatUI, data_dir, private_file
 from ._tui_complete import ChatCompleter
 
+KEEP = 2000  # lines kept per room; older ones are fetched again when scrolled to
 PAGE = 50  # events fetched from history per page scrolled past the top
 WHO_EVERY_S = 30.0  # how often the members' idle times are asked again
 NARROW = 72  # below this many columns, the members' list is not shown
@@ -145,6 +146,12 @@ class FullscreenUI(ChatUI):
 
     def _append(self, view: View, item: Any) -> None:
         view.items.append(item)
+        if len(view.items) > KEEP:
+            # The oldest go; scrolling back past the top fetches them again.
+            del view.items[: len(view.items) - KEEP]
+            seqs = [getattr(i, "seq", None) for i in view.items]
+            view.oldest = min((q for q in seqs if isinstance(q, int)), default=None)
+            view.more = True
         if view.key == self.viewing:
             self.app.write_line(view, item)
 

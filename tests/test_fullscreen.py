@@ -485,3 +485,17 @@ def test_zchat_on_a_terminal_is_full_screen_and_a_signal_says_goodbye(
     finally:
         t.close()
         bob.close()
+
+
+def test_a_room_keeps_its_last_lines_and_fetches_older_ones_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import client._fullscreen as fs
+
+    monkeypatch.setattr(fs, "KEEP", 5)
+    ui = canned_app().ui
+    for seq in range(1, 11):
+        ui.show_event(MsgEvent(room="general", seq=seq, ts=TS, from_="bob", text=f"n{seq}"))
+    view = ui.views["general"]
+    assert [e.seq for e in view.items] == [6, 7, 8, 9, 10]
+    assert view.oldest == 6 and view.more  # PageUp at the top asks for what is before 6
