@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean venv install cluster
+.PHONY: run test bench lint clean venv install cluster serve
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "zchat needs Python 3.10 or newer")'
@@ -17,6 +17,11 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/zchat-broker $(ARGS)
+
+# The full-screen client in a browser on http://127.0.0.1:8000 (loopback only);
+# ARGS go to zchat and need --nick: make serve ARGS="--nick alice".
+serve: $(STAMP)
+	$(BIN)/python -m client._serve $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

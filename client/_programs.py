@@ -137,11 +137,15 @@ async def until_stopped(body: Coroutine[Any, Any, int]) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop, signum)
     try:
-        return await task
+        status = await task
     except asyncio.CancelledError:
         if got:
             return 128 + got[0]
         raise
+    else:
+        # A body may end by itself on the cancel (the full-screen client's
+        # Textual app does): the signal is still what stopped it.
+        return 128 + got[0] if got else status
     finally:
         for signum in STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):

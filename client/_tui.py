@@ -25,6 +25,7 @@ from rich.console import Console
 from messages import (
     DEFAULT_ROOM,
     Code,
+    Joined,
     JoinEvent,
     LeaveEvent,
     MsgEvent,
@@ -275,6 +276,7 @@ class ChatUI:
         joined = await self.client.join(name)
         self.current = joined.room
         self.members[joined.room] = set(joined.members)
+        self.on_joined(joined)
         if backlog and joined.seq > 1:
             events, _ = await self.client.history(joined.room, before=joined.seq, limit=backlog)
             msgs = [e for e in events if isinstance(e, MsgEvent)]
@@ -288,6 +290,10 @@ class ChatUI:
         count = joined.member_count or len(joined.members)
         more = f" and {count - len(joined.members)} more" if count > len(joined.members) else ""
         self.show(r.info(f"#{joined.room}: {count} here: {people}{more}"))
+
+    def on_joined(self, joined: Joined) -> None:
+        """Called when a join is accepted, before its backlog is shown (the
+        full-screen client keeps the topic)."""
 
     async def refresh_bot_commands(self) -> None:
         with contextlib.suppress(ZchatError):
@@ -313,24 +319,42 @@ def parser() -> argparse.ArgumentParser:
     )
     add_common(p)
     p.add_argument(
+        "--plain",
+        action="store_true",
+        help="the line client: messages above an input line, in one stream "
+        "(the default when output is not a terminal or TERM is dumb)",
+    )
+    p.add_argument(
         "--room", action="append", help=f"a room to join (repeatable; default {DEFAULT_ROOM})"
     )
     return p
 
 
+def wants_fullscreen(plain: bool, interactive: bool, term: str) -> bool:
+    """The full-screen client on a terminal; the line client with --plain,
+    a pipe, or a terminal that cannot move the cursor (TERM=dumb)."""
+    return interactive and not plain and term not in ("", "dumb")
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    console = Console(highlight=False, force_terminal=interactive or None)
+    # Under textual-serve (make serve) the screen is a browser's, through
+    # stdin and stdout: nothing else may be printed there, nor asked.
+    web = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")
+    fullscreen = web or wants_fullscreen(args.plain, interactive, os.environ.get("TERM", ""))
+    console = Console(highlight=False, force_terminal=interactive or None, stderr=web)
 
     async def body() -> int:
         check_endpoints(args.connect)
+        if web and not args.nick:
+            raise InvalidInput("no_nick", "in a browser, give --nick (or ZCHAT_NICK)")
         rooms = [valid_room(room) for room in args.room or [DEFAULT_ROOM]]
         try:
             curve = curve_keys(args.server_key)
         except ValueError as err:
             raise InvalidInput("bad_key", str(err)) from None
-        return await _run(args, rooms, curve, console, interactive)
+        return await _run(args, rooms, curve, console, interactive, fullscreen)
 
     # Failures before the chat starts are one line on stderr, with the exit
     # status every zchat program uses; SIGTERM and SIGHUP say goodbye.
@@ -383,11 +407,20 @@ async def _connect(args: Any, curve: Any, console: Console, interactive: bool) -
 
 
 async def _run(
-    args: Any, rooms: Iterable[str], curve: Any, console: Console, interactive: bool
+    args: Any,
+    rooms: Iterable[str],
+    curve: Any,
+    console: Console,
+    interactive: bool,
+    fullscreen: bool = False,
 ) -> int:
     client = await _connect(args, curve, console, interactive)
     if client is None:
         return 0  # no nick given: nothing was asked of the broker
+    if fullscreen:
+        from ._fullscreen import run_fullscreen
+
+        return await run_fullscreen(client, list(rooms), curve)
     ui = ChatUI(client, console, wrap=interactive)
     ui.show(r.info(f"connected to {client.endpoint} as {client.nick}; /help lists the commands"))
     pump = asyncio.ensure_future(ui.pump())

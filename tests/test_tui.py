@@ -91,7 +91,7 @@ def term(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Terminal]]:
     made: list[Terminal] = []
 
     def make(*args: str) -> Terminal:
-        t = Terminal(["--connect", broker.endpoint, *args], tmp_path)
+        t = Terminal(["--plain", "--connect", broker.endpoint, *args], tmp_path)
         made.append(t)
         return t
 
