@@ -30,8 +30,8 @@ events, with the room, keyed by the segment's rowid and holding no copy of
 the text (contentless). FTS5 pays about 0.1 ms per transaction that writes
 to it, more than a batch of a few messages costs in all, so the index is
 written in bulk, in the transaction of a later batch: when
-:data:`INDEX_SEGMENTS` segments wait, or the oldest waited
-:data:`INDEX_DELAY_S`, and at housekeeping; ``meta.indexed`` (the rowid of
+:data:`INDEX_SEGMENTS` segments or :data:`INDEX_BYTES` wait, or the
+oldest waited :data:`INDEX_DELAY_S`, and at housekeeping; ``meta.indexed`` (the rowid of
 the last segment indexed) goes with it, and a store opened with segments
 past it (a crash; a store of schema 2, with none) indexes them then. A
 search asks the index for the segments of the room whose texts hold every
@@ -84,6 +84,9 @@ SCHEMA_VERSION = 3
 # oldest has waited this long (see the module's text).
 INDEX_SEGMENTS = 256
 INDEX_DELAY_S = 1.0
+# And at most this many bytes of events wait (kept in memory until then): a
+# flood of 4,000-character messages held 80 MiB within the second.
+INDEX_BYTES = 4 * 1024 * 1024
 OUR_TABLES = {"segments", "events", "topics", "pm_ids", "meta", "nick_keys"}
 
 
@@ -340,6 +343,7 @@ class Store:
         # Segments made since the last write of the index: rowid, room,
         # events; and the time of the first of them.
         self._unindexed: list[tuple[int, str, list[bytes]]] = []
+        self._unindexed_bytes = 0  # what they hold: memory, bounded by INDEX_BYTES
         self._unindexed_since = 0.0
         self._index_due = False  # write the index with the next flush
         if self._rowid <= self._indexed:
@@ -409,6 +413,7 @@ class Store:
                 if not self._unindexed:
                     self._unindexed_since = s.at
                 self._unindexed.append((self._rowid, s.room, s.bodies))
+                self._unindexed_bytes += len(rows[-1][5])
             work.append(
                 (
                     "INSERT INTO segments (rowid, room, first, last, at, events) "
@@ -418,6 +423,7 @@ class Store:
             )
             if (
                 len(self._unindexed) >= INDEX_SEGMENTS
+                or self._unindexed_bytes >= INDEX_BYTES
                 or self._segments[-1].at - self._unindexed_since >= INDEX_DELAY_S
             ):
                 self._index_due = True
@@ -462,6 +468,7 @@ class Store:
         self._indexed = self._unindexed[-1][0]
         work.append(("INSERT OR REPLACE INTO meta VALUES ('indexed', ?)", [(str(self._indexed),)]))
         self._unindexed = []
+        self._unindexed_bytes = 0
 
     def flush(self) -> None:
         """Write what was added into the batch's transaction, so that queries

@@ -34,6 +34,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
 from textual.widgets import Input, RichLog, Static
 
 from messages import HISTORY_MAX, Joined, MsgEvent, PmPush, TopicEvent
@@ -329,6 +330,60 @@ class ChatInput(Input):
         self.cursor_position = len(options[index])
 
 
+class Switcher(ModalScreen["str | None"]):
+    """Ctrl-K: type part of a room's (or a conversation's) name, Enter goes
+    to the first that has it, Escape goes nowhere."""
+
+    CSS = """
+    Switcher { align: center middle; }
+    #box { width: 40; height: auto; border: round $accent; background: $panel; }
+    #filter { border: none; height: 1; padding: 0; }
+    #matches { height: auto; max-height: 9; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss_none", "close", show=False),
+    ]
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="box"):
+            yield Input(placeholder="go to...", id="filter")
+            yield Static(id="matches")
+
+    def on_mount(self) -> None:
+        self.query_one("#filter", Input).focus()
+        self._list("")
+
+    def matches(self, typed: str) -> list[str]:
+        wanted = typed.strip().lower().lstrip("#")
+        return [n for n in self.names if wanted in _shown(n).lower().lstrip("#")]
+
+    def _list(self, typed: str) -> None:
+        found = [_shown(n) for n in self.matches(typed)][:9]
+        self.query_one("#matches", Static).update(
+            Text("\n".join(found)) if found else Text("nothing by that name", style="dim")
+        )
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._list(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()  # (not the chat's input line)
+        found = self.matches(event.value)
+        self.dismiss(found[0] if found else None)
+
+    def action_dismiss_none(self) -> None:
+        self.dismiss(None)
+
+
+def _shown(key: str) -> str:
+    """How a view's key is named in the room list: ``#room`` or ``@nick``."""
+    return key if key.startswith(PM) else "#" + key
+
+
 class ZchatApp(App[None]):
     """The full-screen client of one started :class:`Client`."""
 
@@ -350,6 +405,7 @@ class ZchatApp(App[None]):
             Binding(",".join(keys), f"goto({n})", show=False, priority=True)
             for n, keys in enumerate(ALT_DIGITS)
         ),
+        Binding("ctrl+k", "switcher", "go to a room by name", show=False, priority=True),
         Binding("ctrl+n", "step(1)", "next room", show=False, priority=True),
         Binding("ctrl+p", "step(-1)", "previous room", show=False, priority=True),
         Binding("pageup", "page(-1)", "scroll up", show=False, priority=True),
@@ -445,6 +501,16 @@ class ZchatApp(App[None]):
         if keys:
             at = keys.index(self.ui.viewing) if self.ui.viewing in keys else 0
             self.switch(keys[(at + step) % len(keys)])
+
+    def action_switcher(self) -> None:
+        if isinstance(self.screen, Switcher):
+            return
+
+        def chosen(key: str | None) -> None:
+            if key is not None and key in self.ui.views:
+                self.switch(key)
+
+        self.push_screen(Switcher(list(self.ui.views)), chosen)
 
     def switch(self, key: str) -> None:
         view = self.ui.views[key]

@@ -101,7 +101,7 @@ def test_the_default_on_a_terminal_and_the_line_client_elsewhere() -> None:
     assert not wants_fullscreen(False, True, "dumb")
 
 
-def test_unread_counts_and_switching_with_alt(broker: Broker) -> None:
+def test_unread_counts_and_switching_with_alt_and_by_name(broker: Broker) -> None:
     async def body() -> None:
         async with fullscreen(broker, "alice", "dev", "general") as (app, pilot):
             assert app.ui.viewing == "general"  # the last room joined, as the line client
@@ -130,6 +130,13 @@ def test_unread_counts_and_switching_with_alt(broker: Broker) -> None:
                 await pilot.press("alt+1")
                 await pilot.press(*"to dev", "enter")
                 await until(pilot, lambda: "<alice> to dev" in app.log_text(), "our line in #dev")
+                # Ctrl-K: part of a name, Enter; a name nobody has goes nowhere.
+                await pilot.press("ctrl+k", *"ner", "enter")
+                assert app.ui.viewing == "general"
+                await pilot.press("ctrl+k", *"zz", "enter")
+                assert app.ui.viewing == "general" and app.screen is app.screen_stack[0]
+                await pilot.press("ctrl+k", "d", "escape")
+                assert app.ui.viewing == "general" and app.screen is app.screen_stack[0]
 
     run(body())
 
