@@ -23,8 +23,9 @@ run: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/python -m client._serve $(ARGS)
 
+# Two workers; the heaviest tests one at a time on one of them (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(ARGS)

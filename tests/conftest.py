@@ -78,3 +78,17 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
     """Three Redis cluster masters covering all 16384 slots; killed after."""
     with RedisClusterServers(tmp_path / "redis-cluster") as cluster:
         yield cluster
+
+
+# `make test` runs the suite on two workers (pytest-xdist, --dist loadgroup).
+# The tests that push a machine as hard as it goes (full-speed chaos, the
+# attacks with a polite client timed beside them, the cluster's kills) run
+# one at a time on one worker, so that they never share the machine with
+# each other; the rest, mostly waiting on sockets, fill the other.
+HEAVY = ("test_faults.py", "test_limits.py", "test_cluster.py", "test_hostile.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in HEAVY or "full_speed" in item.name:
+            item.add_marker(pytest.mark.xdist_group("heavy"))
