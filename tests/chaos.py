@@ -360,15 +360,18 @@ _Reply = _Welcome | _Page | _Error
 
 
 def room_history(endpoint: str, room: str = "general", timeout: float = 60.0) -> list[Row]:
-    """Every event the store holds for ``room``, oldest first, as rows."""
+    """Every event the store holds for ``room``, oldest first, as rows;
+    each page answered within ``timeout`` (a history of hundreds of
+    thousands of events is hundreds of pages, on a machine the subscriber
+    under test may be keeping busy)."""
     ctx: zmq.Context[Any] = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     sock.connect(endpoint)
-    deadline = time.monotonic() + timeout
 
     def ask(req: dict[str, Any]) -> _Welcome | _Page | _Error:
         sock.send_json(req)
+        deadline = time.monotonic() + timeout
         while True:
             if not sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
                 raise AssertionError(f"no answer to {req['type']} in time")
