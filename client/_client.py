@@ -376,6 +376,8 @@ class Client:
         self._watcher: asyncio.Future[Any] | None = None
         self._refused: asyncio.Future[ConnectRefused] | None = None
         self._unreachable = asyncio.Event()  # (one per DEALER: _new_dealer)
+        # The round trip of the last heartbeat ping, in ms (None before one).
+        self.lag_ms: int | None = None
         self._recovering: asyncio.Task[Any] | None = None
         self._last_rx = time.monotonic()
         self._sub_endpoint: str | None = None  # where the SUB is connected
@@ -1024,7 +1026,9 @@ class Client:
 
     async def _ping(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError, ZchatError):
+            t0 = time.monotonic()
             await asyncio.wait_for(self._call(Ping()), self.timeout_s)
+            self.lag_ms = int((time.monotonic() - t0) * 1000)
 
     def _start_recovery(self, reason: str, *, move: bool = False) -> None:
         """Reconnect; ``move``: the node stopped answering, so with several

@@ -108,6 +108,7 @@ class FullscreenUI(ChatUI):
         self.route: str | None = None  # where ``show`` goes while a command runs
         # room -> nick -> (idle ms, time.monotonic() when known)
         self.idle: dict[str, dict[str, tuple[int, float]]] = {}
+        self.bots: dict[str, set[str]] = {}  # by room: who offers commands there
         self._away: tuple[View, Any] | None = None  # the "reconnecting" line shown
 
     # ------------------------------------------------------------ views
@@ -477,6 +478,8 @@ class ZchatApp(App[None]):
             reply = await self.client.who(room)
             now = time.monotonic()
             self.ui.idle[room] = {u.nick: (u.idle_ms, now) for u in reply.users}
+            # Bots are those who offer commands in the room.
+            self.ui.bots[room] = {c.nick for c in await self.client.commands(room)}
             self.refresh_panels()
 
     # ------------------------------------------------------------ input
@@ -650,8 +653,11 @@ class ZchatApp(App[None]):
         out.append(f"{len(nicks)} here\n", style="bold")
         known = self.ui.idle.get(view.key, {})
         now = time.monotonic()
+        bots = self.ui.bots.get(view.key, set())
         for nick in nicks:
             out.append(r.safe(nick), style=r.nick_color(nick))
+            if nick in bots:
+                out.append(" bot", style=r.DIM)
             if nick in known:
                 ms, at = known[nick]
                 out.append(f" {r.idle(ms + int((now - at) * 1000))}", style=r.DIM)
@@ -661,6 +667,8 @@ class ZchatApp(App[None]):
     def _status(self) -> Text:
         ui = self.ui
         parts = [ui.client.nick, ui.status]
+        if ui.client.lag_ms is not None and ui.client.connected:
+            parts.append(f"lag {ui.client.lag_ms} ms")
         if self.curve is not None:
             parts.append(f"encrypted: broker {fingerprint(self.curve.server_public)}")
         if ui.sending:

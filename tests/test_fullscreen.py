@@ -27,7 +27,7 @@ from client._client import CurveKeys
 from client._fullscreen import ZchatApp
 from client._keys import fingerprint
 from client._tui import wants_fullscreen
-from messages import JoinEvent, MsgEvent, PmPush, TopicEvent, WhoReply, WhoUser
+from messages import CommandSpec, JoinEvent, MsgEvent, PmPush, TopicEvent, WhoReply, WhoUser
 
 from .helpers import ROOT, Broker, run, wait_until
 
@@ -111,6 +111,7 @@ def test_unread_counts_and_switching_with_alt_and_by_name(broker: Broker) -> Non
             async with other(broker, "bob", "general") as bob:
                 await bob.say("general", "hey alice, [bold red]not bold[/] \u202eevil")
                 await bob.say("general", "and another")
+                await bob.offer_commands([CommandSpec(name="roll", usage="!roll", help="dice")])
                 await until(pilot, lambda: "#general 2" in rooms_text(app), "2 unread in #general")
                 assert app.ui.views["general"].mention  # it named alice
                 assert "not bold" not in app.log_text()  # it went to #general, not here
@@ -121,6 +122,14 @@ def test_unread_counts_and_switching_with_alt_and_by_name(broker: Broker) -> Non
                 # The markup is shown as typed; the bidi override as a marker.
                 assert "<bob> hey alice, [bold red]not bold[/] <U+202E>evil" in text
                 assert "bob" in app.panels["members"].plain
+                # bob offers a command: a bot; the status line has the lag.
+                await app._ask_who()
+                assert "bob bot" in app.panels["members"].plain
+                await until(
+                    pilot,
+                    lambda: (app.refresh_panels(), "lag " in app.panels["status"].plain)[1],
+                    "the lag in the status line",
+                )
                 # Ctrl-P and Ctrl-N step through the list, round.
                 await pilot.press("ctrl+n")
                 assert app.ui.viewing == "dev"
@@ -311,6 +320,8 @@ class CannedClient:
         self.endpoint = "tcp://127.0.0.1:5555"
         self.rooms = ["general", "dev", "ops"]
         self.closed = False
+        self.connected = True
+        self.lag_ms = 3
 
     async def items(self) -> AsyncIterator[Any]:
         await asyncio.Event().wait()
