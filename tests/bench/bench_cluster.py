@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from broker._recent import DEDUP_S, dedup_key
-from broker._redis import _APPEND, EVENTS_CHANNEL, room_key
+from broker._recent import dedup_key
+from broker._redis import _APPEND, append_call, room_key
 from client import Client
 from messages import MsgEvent, encode, format_ts
 from tests.bench.bench_core import ROOM, Target, measure, measure_nodes
@@ -57,8 +57,7 @@ def _batches(count: int) -> list[tuple[list[str], list[Any]]]:
     ts = format_ts(time.time())
     calls = []
     for b in range(count):
-        keys = [room_key(ROOM, "meta"), room_key(ROOM, "log")]
-        args: list[Any] = [BATCH, 0, EVENTS_CHANNEL, int(DEDUP_S)]
+        events = []
         for j in range(BATCH):
             i = b * BATCH + j
             rid = f"{i:08x}-{j}"
@@ -72,9 +71,8 @@ def _batches(count: int) -> list[tuple[list[str], list[Any]]]:
                     id=rid,
                 )
             )
-            keys.append(room_key(ROOM, "id:r" + dedup_key(f"gen{j % 4}", rid)))
-            args += [body, ts, len(keys)]
-        calls.append((keys, args))
+            events.append((body, ts, "r" + dedup_key(f"gen{j % 4}", rid)))
+        calls.append(append_call(ROOM, events))
     return calls
 
 
@@ -115,7 +113,7 @@ def script_rate(server: RedisServer, seconds: float) -> tuple[float, int, float]
         elapsed = time.perf_counter() - t0
         assert int(r.hget(room_key(ROOM, "meta"), "seq")) == done
         inside = r.info("commandstats")["cmdstat_evalsha"]["usec"] / done
-        return done / elapsed, len(calls[0][1][4]), inside
+        return done / elapsed, len(calls[0][1][4].split(b"\n")[0]), inside
     finally:
         listener.kill()
         listener.wait(10)
