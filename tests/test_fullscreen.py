@@ -153,10 +153,18 @@ def test_unread_counts_and_switching_with_alt_and_by_name(broker: Broker) -> Non
 def test_commands_history_and_completion(broker: Broker) -> None:
     async def body() -> None:
         async with (
-            other(broker, "bobby", "general"),
+            other(broker, "bobby", "general") as bobby,
             fullscreen(broker, "alice", "general") as (app, pilot),
         ):
             box = app.query_one("#input")
+            # /search lists the room's matches from the broker, with who and when.
+            await bobby.say("general", "the deploy is at noon")
+            await bobby.say("general", "lunch first")
+            await until(pilot, lambda: "lunch first" in app.log_text(), "bobby's lines")
+            await pilot.press(*"/search DEPLOY", "enter")
+            await until(
+                pilot, lambda: app.log_text().count("the deploy is at noon") == 2, "a match"
+            )
             await pilot.press(*"/jo", "tab")
             assert box.value == "/join "  # type: ignore[attr-defined]
             await pilot.press(*"lunch", "enter")
