@@ -14,7 +14,7 @@ default, so they are always written.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, TypeVar, Union
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args
 
 import msgspec
 
@@ -495,21 +495,5 @@ Event = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, Notice]
 
 REQUEST_TYPES: dict[str, type[Any]] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in (
-        Hello,
-        Join,
-        Part,
-        Say,
-        Pm,
-        Who,
-        Rooms,
-        History,
-        Search,
-        Nick,
-        Topic,
-        Ping,
-        Bye,
-        Offer,
-        Commands,
-    )
+    for cls in get_args(Request)
 }
