@@ -493,7 +493,4 @@ class TopicEvent(_Event, tag="topic", kw_only=True, frozen=True):
 RoomEvent = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent]
 Event = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, Notice]
 
-REQUEST_TYPES: dict[str, type[Any]] = {
-    cls.__struct_config__.tag: cls  # type: ignore[misc]
-    for cls in get_args(Request)
-}
+REQUEST_TYPES: dict[str, type[Any]] = {cls.__struct_config__.tag: cls for cls in get_args(Request)}
