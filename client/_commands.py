@@ -233,7 +233,8 @@ async def _search(ui: ChatUI, rest: str) -> bool:
     older = " (older ones too)" if before is not None else ""
     ui.show(r.info(f"{len(found)} in #{ui.current} matching {text!r}{older}:"))
     for ev in found:
-        ui.show_event(ev)
+        ui.show_found(ev)
+    await ui.on_found(ui.current, found[-1].seq)
     return True
 
 

@@ -52,6 +52,7 @@ PAGE = 50  # events fetched from history per page scrolled past the top
 WHO_EVERY_S = 30.0  # how often the members' idle times are asked again
 NARROW = 72  # below this many columns, the members' list is not shown
 PM = "@"  # the key of a conversation: "@" + the other's nick
+JUMP_PAGES = 40  # pages of history /search may fetch to show a match
 
 
 def _alt_digit_keys(n: int) -> list[str]:
@@ -99,9 +100,19 @@ class View:
 class FullscreenUI(ChatUI):
     """The line client's state and commands, shown in views."""
 
+    def show_found(self, ev: Any) -> None:
+        # Drawn, not kept as an event: a match listed below is not where the
+        # room's history is (its seq would stop the fetching of older pages).
+        self.show(r.event_grid(ev, me=self.client.nick, current=self.viewing))
+
+    async def on_found(self, room: str, seq: int) -> None:
+        if room == self.viewing:
+            self.jumped = await self.app.jump_to(seq)
+
     def __init__(self, client: Client, app: ZchatApp) -> None:
         super().__init__(client, Console(file=io.StringIO(), width=80), wrap=True)
         self.app = app
+        self.jumped = False  # /search scrolled the room to a match
         self.views: dict[str, View] = {}
         self.viewing: str | None = None
         self.orphans: list[Any] = []  # shown before any view exists
@@ -241,7 +252,9 @@ class FullscreenUI(ChatUI):
             self.forget_parted()
         elif self.current != before and self.current is not None:
             self.viewing = self.current
-        self.app.rebuild()
+        # (Where /search took the reader, it stays.)
+        self.app.rebuild(scroll_end=not self.jumped)
+        self.jumped = False
         return going
 
 
@@ -432,6 +445,8 @@ class ZchatApp(App[None]):
         self.loading = False
         self._built = False
         self.panels: dict[str, Text] = {}  # what the side panels show, by id
+        # The first line of each event shown, by seq (for /search's jump).
+        self.line_of: dict[int, int] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -534,6 +549,25 @@ class ZchatApp(App[None]):
             return
         await self.load_older()
 
+    async def jump_to(self, seq: int) -> bool:
+        """Scroll the room shown to its event ``seq``, fetching older history
+        until it is there (JUMP_PAGES pages at most); whether it is."""
+        view = self.ui.views.get(self.ui.viewing or "")
+        if view is None or view.is_pm:
+            return False
+        for _ in range(JUMP_PAGES):
+            if view.oldest is not None and view.oldest <= seq:
+                break
+            if not await self.load_older():
+                break
+        self.rebuild(scroll_end=False)
+        line = self.line_of.get(seq)
+        if line is None:
+            return False
+        # After the next refresh: the log knows its new height only then.
+        self.call_after_refresh(self.query_one(ChatLog).scroll_to, y=line, animate=False)
+        return True
+
     async def load_older(self) -> int:
         """Put the page of history before the oldest event shown above it;
         how many events that was."""
@@ -598,10 +632,15 @@ class ZchatApp(App[None]):
             return
         log = self.query_one(ChatLog)
         log.clear()
+        self.line_of.clear()
         view = self.ui.views.get(self.ui.viewing or "")
         if view is not None:
             view.unread, view.mention = 0, False
             for item in view.items:
+                seq = getattr(item, "seq", None)
+                if isinstance(seq, int):
+                    # The first: /search shows its matches again below.
+                    self.line_of.setdefault(seq, len(log.lines))
                 log.write(self.render_item(view, item), width=self.log_width(), scroll_end=False)
         if scroll_end:
             log.scroll_end(animate=False)

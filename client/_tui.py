@@ -295,6 +295,14 @@ class ChatUI:
         """Called when a join is accepted, before its backlog is shown (the
         full-screen client keeps the topic)."""
 
+    def show_found(self, ev: Any) -> None:
+        """A match of /search, shown below what is there."""
+        self.show_event(ev)
+
+    async def on_found(self, room: str, seq: int) -> None:
+        """Called after /search listed its matches, with the newest one's
+        seq (the full-screen client scrolls its room there)."""
+
     async def refresh_bot_commands(self) -> None:
         with contextlib.suppress(ZchatError):
             self.bot_commands = await self.client.commands(self.current)

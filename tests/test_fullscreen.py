@@ -199,6 +199,19 @@ def test_scrolling_past_the_top_loads_history_page_by_page(
         async with other(b, "bob", "general") as bob:
             for i in range(130):
                 await bob.say("general", f"line {i:03d}")
+            # /search fetches history back to its newest match and shows it.
+            async with fullscreen(b, "alice", "general") as (app, pilot):
+                log = app.query_one("#log")
+                await pilot.press(*"/search 007", "enter")
+                general = app.ui.views["general"]
+                await until(
+                    pilot,
+                    lambda: (general.oldest or 10**9) <= 7 + 2 and "line 008" in app.log_text(),
+                    "history back to the match",
+                )
+                await pilot.pause()
+                assert log.scroll_y == min(app.line_of[7 + 2], log.max_scroll_y)  # type: ignore[attr-defined]
+                assert app.log_text().count("line 007") == 2  # in place, and listed below
             async with fullscreen(b, "alice", "general") as (app, pilot):
                 text = app.log_text()
                 assert "line 129" in text and "line 119" not in text  # the backlog: 10
