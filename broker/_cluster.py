@@ -38,7 +38,7 @@ from messages import Ack, Joined, decode_reply, encode
 
 from ._backend import SessionRecord
 from ._config import wildcard_host
-from ._redis import EVENTS_CHANNEL, PREFIX, RedisBackend, room_key
+from ._redis import EVENTS_CHANNEL, PREFIX, REDIS_ERRORS, RedisBackend, room_key
 
 if TYPE_CHECKING:
     from ._core import Core, Outbox
@@ -55,6 +55,7 @@ TICK_S = 1.0
 PROBE_QUIET_S = 2.0
 PROBE_WAIT_S = 3.0
 REAP_BATCH = 100
+_LOST: tuple[type[Exception], ...] = (*REDIS_ERRORS, OSError)
 STORE_CHECK_S = 2.0
 
 _CREATE = """
@@ -110,11 +111,29 @@ if KEYS[1] ~= KEYS[2] then
   redis.call('ZADD', KEYS[4], ARGV[4], KEYS[2])
 end
 redis.call('HSET', KEYS[2], 'nick', ARGV[1], 'node', ARGV[2])
+-- The rooms as the node knows them: a join of the same batch is written
+-- only at its commit, after this.
+for i = 5, #ARGV do redis.call('HSET', KEYS[2], 'r:' .. ARGV[i], '1') end
+return 1
+"""
+
+# A session's room, written or removed only while the session exists: an
+# update queued before the session was renamed or reaped must not make a
+# record of nothing again (it would hold its nick for good).
+_ROOM_FIELD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'r:' .. ARGV[1], '1')
+else
+  redis.call('HDEL', KEYS[1], 'r:' .. ARGV[1])
+end
 return 1
 """
 
 
 _HOLD = """
+-- Once: a commit tried again after Redis did it already finds the mark.
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 600) then return 0 end
 redis.call('XADD', KEYS[1], '*', 'f', ARGV[1])
 redis.call('INCRBY', KEYS[2], string.len(ARGV[1]))
 local node = redis.call('HGET', KEYS[3], 'node')
@@ -188,6 +207,8 @@ class Cluster:
         self._reap = self.r.register_script(_REAP)
         self._rename = self.r.register_script(_RENAME)
         self._hold = self.r.register_script(_HOLD)
+        self._room_field = self.r.register_script(_ROOM_FIELD)
+        self._held_serial = 0
         self._take_pms = self.r.register_script(_TAKE_PMS)
         self._next_tick = 0.0
         self._next_store_check = 0.0
@@ -260,6 +281,10 @@ class Cluster:
         except (redis.ConnectionError, redis.TimeoutError, OSError, AttributeError) as err:
             # (AttributeError: redis-py's PubSub after its connection was dropped.)
             self._reconnect(core, publish, str(err) or type(err).__name__)
+        except REDIS_ERRORS as err:
+            # A refusal while filling a gap or taking held messages: a later
+            # event or the next probe tries again; the loop goes on.
+            log.warning("the Redis subscription's work failed: %s", err)
 
     def _relay(self, core: Core, body: bytes, publish: Callable[[bytes, bytes], None]) -> None:
         head = _room_seq.decode(body)
@@ -288,7 +313,7 @@ class Cluster:
             self._subscribe()
             for room in list(core.rooms.values()):
                 self._fill(room, None, publish)
-        except (redis.RedisError, OSError) as err:
+        except _LOST as err:
             log.error("cannot subscribe to Redis again: %s (retrying)", err)
             self._probe_sent = time.monotonic()  # try again at the next tick
 
@@ -317,19 +342,28 @@ class Cluster:
                     return
             self._renew(now, core)
             self._reap_due(now, core, out)
-        except redis.RedisError as err:
+        except REDIS_ERRORS as err:
             log.warning("cluster upkeep failed: %s", err)
 
     def _renew(self, now: float, core: Core | None) -> None:
         pipe = self.r.pipeline(transaction=False)
         deadline = now + self.lease_s
         pipe.hset(NODES, self.node, f"{self.endpoint} {now + 3 * TICK_S + 2}")
-        for s in core.sessions.values() if core is not None else ():
+        mine = list(core.sessions.values()) if core is not None else []
+        for s in mine:
             k = session_key(s.key)
-            pipe.zadd(LEASES, {k: deadline}, xx=True)
+            pipe.zadd(LEASES, {k: deadline}, xx=True, ch=True)
             pipe.zadd(ACTIVE, {k: s.last_active}, xx=True)
         pipe.hgetall(NODES)
-        found = pipe.execute()[-1]
+        answers = pipe.execute()
+        found = answers[-1]
+        for s, renewed in zip(mine, answers[1:-1:2], strict=True):
+            if not renewed and core is not None:
+                # Its lease ran out while this node stalled, and another node
+                # ended it (its leaves are out): forgotten here too; its
+                # client's next request starts it again.
+                log.warning("%s was ended by another node while this one stalled", s.nick)
+                core.moved_away(s.key, now)
         nodes = []
         for node, value in found.items():
             endpoint, _, until = value.decode().rpartition(" ")
@@ -353,9 +387,11 @@ class Cluster:
                 # Ours and alive: this node stalled past the lease. Written
                 # again, rather than ended under a client still chatting.
                 log.warning("%s's lease ran out while this node stalled; renewed", rec.nick)
-                self.create(key, mine.nick, mine.token, mine.peer_key, mine.quiet, now)
-                for room in mine.rooms:
-                    self.joined(room, key, mine.nick, mine.quiet)
+                if self.create(key, mine.nick, mine.token, mine.peer_key, mine.quiet, now):
+                    for room in mine.rooms:
+                        self.joined(room, key, mine.nick, mine.quiet)
+                else:
+                    core.moved_away(key, now)  # taken meanwhile: it is the other's now
                 continue
             log.info("%s timed out on node %s, which is gone", rec.nick, rec.node)
             core.reaped(key, rec, now, out)
@@ -388,7 +424,7 @@ class Cluster:
         ok = bool(
             self._rename(
                 keys=[session_key(old), session_key(new), LEASES, ACTIVE],
-                args=[nick, self.node, now + self.lease_s, now],
+                args=[nick, self.node, now + self.lease_s, now, *rooms],
             )
         )
         if ok:
@@ -403,13 +439,16 @@ class Cluster:
     def joined(self, room: str, key: str, nick: str, quiet: bool) -> None:
         ops = self.backend.ops
         ops.append(("hset", room_key(room, "members"), key, ("1" if quiet else "0") + nick))
-        ops.append(("hset", session_key(key), "r:" + room, "1"))
+        ops.append((self._run_room_field, session_key(key), room, "1"))
         ops.append(("sadd", ROOMS, room))
 
     def left(self, room: str, key: str) -> None:
         ops = self.backend.ops
         ops.append(("hdel", room_key(room, "members"), key))
-        ops.append(("hdel", session_key(key), "r:" + room))
+        ops.append((self._run_room_field, session_key(key), room, "0"))
+
+    def _run_room_field(self, pipe: Any, record: str, room: str, present: str) -> None:
+        self._room_field(keys=[record], args=[room, present], client=pipe)
 
     def ended(self, key: str) -> None:
         self.backend.ops.append((self._run_end, session_key(key)))
@@ -474,12 +513,14 @@ class Cluster:
         # node the session is on when Redis takes it (it may have moved
         # since this was decided) is told, and a node that dies does not
         # take it along (the next node of the session does: take_held).
-        self.backend.ops.append((self._run_hold, _held_stream(key), frame))
+        self._held_serial += 1
+        mark = f"{PREFIX}{{s}}:pmh:{self.node}:{self._held_serial}"
+        self.backend.ops.append((self._run_hold, _held_stream(key), frame, mark))
 
-    def _run_hold(self, pipe: Any, stream: str, frame: bytes) -> None:
+    def _run_hold(self, pipe: Any, stream: str, frame: bytes, mark: str) -> None:
         key = stream.rpartition(":pm:")[2]
         self._hold(
-            keys=[stream, _held_bytes(key), session_key(key)],
+            keys=[stream, _held_bytes(key), session_key(key), mark],
             args=[frame, PREFIX + "node:", b"pm " + key.encode()],
             client=pipe,
         )

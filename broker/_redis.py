@@ -31,6 +31,7 @@ touches one slot of a Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -55,6 +56,13 @@ EVENTS_CHANNEL = b"zchat:events"
 STORE_KEY = "zchat:store"
 CLAIMS_KEY = "zchat:claims"
 REDIS_TIMEOUT_S = 5.0
+# What a call to Redis can raise: redis-py's cluster client also raises
+# RedisClusterException (no RedisError) when the cluster cannot be reached
+# or a slot is not covered.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    redis.exceptions.RedisClusterException,
+)
 # How long a batch waits for its replicas (--redis-wait) before it is
 # refused for now and tried again.
 WAIT_MS = 1_000
@@ -349,42 +357,43 @@ class RedisBackend:
         self.results = {}
         if not (self._events or self._topics or self._claims or self._pm_ids or self.ops):
             return
-        pipe_for, execute = self._pipes()
-        rooms = list(self._events.items())
-        # Where each room's answer will be: (its pipeline, its place there).
-        places: list[tuple[Any, int]] = []
-        for room, events in rooms:
-            keys, args = append_call(
-                room, [(body, head.ts, ident) for _, body, head, ident in events], self.maxlen
-            )
-            pipe = pipe_for(keys[0])
-            places.append((pipe, len(pipe)))
-            self._append(keys=keys, args=args, client=pipe)
-        for room, topic in self._topics.items():
-            pipe_for(room_key(room, "meta")).hset(room_key(room, "meta"), "topic", topic)
-        for nick, claim in self._claims.items():
-            if claim is None:
-                pipe_for(CLAIMS_KEY).hdel(CLAIMS_KEY, nick)
-            else:
-                pipe_for(CLAIMS_KEY).hset(CLAIMS_KEY, nick, f"{claim[1]} {claim[0]}")
-        for sender, req_id, reply in self._pm_ids:
-            key = f"{PREFIX}pmid:{dedup_key(sender, req_id)}"
-            pipe_for(key).set(key, reply, ex=int(DEDUP_S))
-        for op in self.ops:
-            # (name or script, key, more args...)
-            if callable(op[0]):
-                op[0](pipe_for(op[1]), *op[1:])
-            else:
-                getattr(pipe_for(op[1]), op[0])(*op[1:])
         try:
+            pipe_for, execute = self._pipes()
+            rooms = list(self._events.items())
+            # Where each room's answer will be: (its pipeline, its place there).
+            places: list[tuple[Any, int]] = []
+            for room, events in rooms:
+                keys, args = append_call(
+                    room, [(body, head.ts, ident) for _, body, head, ident in events], self.maxlen
+                )
+                pipe = pipe_for(keys[0])
+                places.append((pipe, len(pipe)))
+                self._append(keys=keys, args=args, client=pipe)
+            for room, topic in self._topics.items():
+                pipe_for(room_key(room, "meta")).hset(room_key(room, "meta"), "topic", topic)
+            for nick, claim in self._claims.items():
+                if claim is None:
+                    pipe_for(CLAIMS_KEY).hdel(CLAIMS_KEY, nick)
+                else:
+                    pipe_for(CLAIMS_KEY).hset(CLAIMS_KEY, nick, f"{claim[1]} {claim[0]}")
+            for sender, req_id, reply in self._pm_ids:
+                key = f"{PREFIX}pmid:{dedup_key(sender, req_id)}"
+                pipe_for(key).set(key, reply, ex=int(DEDUP_S))
+            for op in self.ops:
+                # (name or script, key, more args...)
+                if callable(op[0]):
+                    op[0](pipe_for(op[1]), *op[1:])
+                else:
+                    getattr(pipe_for(op[1]), op[0])(*op[1:])
             answers = execute()
-        except redis.RedisError as err:
+        except REDIS_ERRORS as err:
             # Kept whole, ids and all, for the next commit (the shell refuses
             # writes meanwhile): what Redis did of it is found again by the
             # id keys, never done twice.
             self.failed = True
             if self.clustered:
-                self.r.nodes_manager.initialize()  # slots may have moved
+                with contextlib.suppress(*REDIS_ERRORS):
+                    self.r.nodes_manager.initialize()  # slots may have moved
             raise StoreFull(f"cannot write to Redis at {describe(self.url)}: {err}") from None
         self.failed = False
         for (room, events), (pipe, place) in zip(rooms, places, strict=True):

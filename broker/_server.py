@@ -43,7 +43,6 @@ import sys
 import time
 from typing import Any
 
-import redis
 import zmq
 
 from messages import NOTICE_TOPIC, Code, Hello, ProtocolError, Say, decode_request, key_fingerprint
@@ -54,7 +53,7 @@ from ._config import Config, address_key
 from ._conns import Connections
 from ._core import VERSION, BatchHandler, Core, Outbox, error_reply
 from ._keys import Guard, load_secret, secure
-from ._redis import RedisBackend
+from ._redis import REDIS_ERRORS, RedisBackend
 from ._store import Store, StoreError, StoreFull
 
 log = logging.getLogger("zchat.broker")
@@ -303,7 +302,7 @@ class Server:
         return 0
 
     def _internal_error(self, ident: bytes, req: Any, out: Outbox) -> None:
-        if self.cluster is not None and isinstance(sys.exc_info()[1], redis.RedisError):
+        if self.cluster is not None and isinstance(sys.exc_info()[1], REDIS_ERRORS):
             # Redis is away: the request is refused, to be sent again.
             mono = time.monotonic()
             if mono >= self._next_store_log:
@@ -436,7 +435,7 @@ class Server:
         old = self.store.store_id
         try:
             self.store.store_id = self.store.new_store_id(replacing=old)
-        except redis.RedisError as err:
+        except REDIS_ERRORS as err:
             log.error("Redis lost this cluster's state, and cannot be reached: %s", err)
             return
         log.error(

@@ -523,3 +523,35 @@ def test_a_cluster_search_looks_at_a_bounded_number_of_events(redis_server: Any)
         assert backend.search("r", "hay", before=5, limit=2, max_bytes=1 << 20).before == 3
     finally:
         backend.close()
+
+
+def test_a_join_and_a_nick_change_in_one_batch_leave_no_stale_record(redis_server: Any) -> None:
+    """The join's update of the session's record is written at the batch's
+    commit, the rename at once: it must not make the old nick's record
+    again (that nick would stay taken for good, with no lease to end it)."""
+    import time
+
+    import messages as m
+    from broker import Config, Core, Outbox
+    from broker._cluster import Cluster
+
+    backend = RedisBackend(redis_server.url, node="n1")
+    cluster = Cluster(backend, node="n1", endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+    try:
+        core = Core(Config(), backend, directory=cluster)
+        now = time.time()
+        out = Outbox()
+        core.handle(b"a", m.Hello(nick="alice", id="1"), now, out, addr="127.0.0.1")
+        backend.commit()
+        out = Outbox()
+        core.handle(b"a", m.Join(room="dev", id="2"), now, out)
+        core.handle(b"a", m.Nick(nick="alicia", id="3"), now, out)
+        backend.commit()
+        r = redis_server.client()
+        assert not r.exists("zchat:{s}:u:alice")
+        record = r.hgetall("zchat:{s}:u:alicia")
+        assert record[b"nick"] == b"alicia" and record[b"r:dev"] == b"1"
+        assert cluster.create("alice", "alice", "t", None, False, now)  # free again
+    finally:
+        cluster.ps.close()
+        backend.close()
