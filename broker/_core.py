@@ -766,6 +766,9 @@ class Core:
 
     def _join(self, s: Session, req: Join, now: float, out: Outbox) -> None:
         already = req.room in s.rooms
+        # In a cluster, asked first: a store that fails here changes nothing
+        # (the join, refused as unavailable, is made again in full).
+        elsewhere = None if self.directory is None else self.directory.members(req.room)
         if already:
             room = self.rooms[req.room]
             seq = room.seq
@@ -791,10 +794,10 @@ class Core:
                     now,
                     out,
                 )
-        if self.directory is None:
+        if elsewhere is None:
             present = [m.nick for m in room.members if not m.quiet]
         else:
-            present = [nick for nick, quiet in self.directory.members(room.name) if not quiet]
+            present = [nick for nick, quiet in elsewhere if not quiet]
             if not s.quiet and s.nick not in present:
                 present.append(s.nick)  # (its own entry is written with the batch)
         members = _fit(present, self._page - len(room.topic.encode()) * 2)
