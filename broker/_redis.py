@@ -411,6 +411,17 @@ class RedisBackend:
         self._pm_ids.clear()
         self.ops.clear()
 
+    def discard(self) -> None:
+        """Forget what the batch added and no commit took: the node starts
+        over on a store that lost its state (none of it was acknowledged)."""
+        self._events.clear()
+        self._topics.clear()
+        self._claims.clear()
+        self._pm_ids.clear()
+        self.ops.clear()
+        self.results = {}
+        self.failed = False
+
     # ------------------------------------------------------------ reading
 
     def room_state(self, room: str) -> RoomState | None:

@@ -446,6 +446,7 @@ class Server:
         )
         out.clear()
         self._waiting.clear()
+        self.store.discard()  # the old core's unacknowledged batch: not into the new store
         self.core = Core(self.config, self.store, directory=self.cluster)
 
     def _publish(self, topic: bytes, body: bytes) -> None:
