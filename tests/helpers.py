@@ -294,6 +294,21 @@ class FakeBroker:
     def answer(self, req: Any) -> Any:
         raise NotImplementedError
 
+    def welcome(self, req: Any, server: Any, *, timeout_ms: int) -> Any:
+        """The ``welcome`` a stand-in answers ``hello`` with."""
+        import messages as m
+
+        return m.Welcome(
+            id=req.id,
+            nick=req.nick,
+            token="t",
+            server=server,
+            events=self.events,
+            heartbeat_ms=200,
+            timeout_ms=timeout_ms,
+            limits=m.Limits(max_text=4000, max_msg_bytes=65536, rate_per_s=20.0, burst=40),
+        )
+
     async def serve(self) -> None:
         import messages as m
 

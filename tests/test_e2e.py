@@ -264,17 +264,7 @@ class _Fussy(FakeBroker):
             return m.Error(id=req.id, code=code, message="not now", retry_ms=20)
         if isinstance(req, m.Hello):
             server = m.ServerInfo(name="fussy", version="0", epoch=self.epoch, store="s1")
-            limits = m.Limits(max_text=4000, max_msg_bytes=65536, rate_per_s=20.0, burst=40)
-            return m.Welcome(
-                id=req.id,
-                nick=req.nick,
-                token="t",
-                server=server,
-                events=self.events,
-                heartbeat_ms=200,
-                timeout_ms=5000,
-                limits=limits,
-            )
+            return self.welcome(req, server, timeout_ms=5000)
         if isinstance(req, m.Join):
             seq = len(self.log) + 1
             self.add(

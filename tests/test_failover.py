@@ -191,17 +191,7 @@ class _Node(FakeBroker):
             server = m.ServerInfo(
                 name="node", version="0", epoch="n1", store="shared", nodes=self.nodes
             )
-            limits = m.Limits(max_text=4000, max_msg_bytes=65536, rate_per_s=20.0, burst=40)
-            return m.Welcome(
-                id=req.id,
-                nick=req.nick,
-                token="t",
-                server=server,
-                events=self.events,
-                heartbeat_ms=200,
-                timeout_ms=1000,
-                limits=limits,
-            )
+            return self.welcome(req, server, timeout_ms=1000)
         if isinstance(req, m.Join):
             return m.Joined(id=req.id, room=req.room, topic="", members=["alice"], seq=1)
         if isinstance(req, m.Ping):

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,18 +31,7 @@ from messages import CommandSpec, JoinEvent, MsgEvent, PmPush, TopicEvent, WhoRe
 
 from .helpers import ROOT, Broker, run, wait_until
 
-
-@pytest.fixture(autouse=True)
-def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # times as the snapshots show them
 
 
 async def until(pilot: Pilot[Any], cond: Callable[[], Any], what: str, timeout: float = 15) -> Any:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import time
-from collections.abc import Iterator
 from datetime import date
 
 import pytest
@@ -17,17 +14,7 @@ from messages import JoinEvent, LeaveEvent, MsgEvent, NickEvent, Notice, PmPush,
 TS = "2026-11-24T12:34:56.789Z"
 
 
-@pytest.fixture(autouse=True)
-def utc() -> Iterator[None]:
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    yield
-    if old is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("utc")  # times as the snapshots show them
 
 
 def plain(renderable: object, width: int = 80) -> str:
