@@ -67,11 +67,22 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
 # refused for now and tried again.
 WAIT_MS = 1_000
 
-# KEYS: the room's meta hash, its stream, then the id key of each event.
-# ARGV: the count of events, the stream's MAXLEN (0: none), the channel,
-# the dedup window in seconds, the events' bodies and their ts, each a line
-# (JSON holds no raw newline): two arguments, not two an event, since
-# packing and parsing arguments was a fifth of a node's time.
+# KEYS: the room's meta hash, its stream, and the base name of its id
+# buckets. ARGV: the count of events, the stream's MAXLEN (0: none), the
+# channel, the dedup window in seconds, the provisional seq of the first
+# event (the batch's are consecutive; 0: not known), then the events'
+# bodies, their ts and their id key suffixes, each a line (JSON and ids
+# hold no raw newline): three arguments, not three an event, since packing
+# and parsing arguments was a fifth of a node's time.
+#
+# The ids are fields of per-room hashes, one per window of Redis's clock
+# (``<base>:<TIME / window>``): an id written in bucket b is found by a
+# resend up to a window later, in bucket b or b + 1, so a run looks in the
+# current and the previous bucket and writes to the current one. Two HMGETs
+# and one HSET a batch, against a GET and a SET EX an event; bucket b
+# expires at the end of b + 1, and is UNLINKed (freed off Redis's thread)
+# by the first run of b + 2, so a busy room's big bucket never blocks
+# Redis when it goes.
 _APPEND = """
 local function split(s)
   local t, pos = {}, 1
@@ -85,12 +96,29 @@ local function split(s)
     pos = e + 1
   end
 end
+-- In chunks: Lua's unpack takes some 8,000 values at most.
+local function hmget(key, fields, n)
+  local got = {}
+  for lo = 1, n, 1000 do
+    local hi = math.min(n, lo + 999)
+    local part = redis.call('HMGET', key, unpack(fields, lo, hi))
+    for j = 1, hi - lo + 1 do got[lo + j - 1] = part[j] end
+  end
+  return got
+end
 local n = tonumber(ARGV[1])
 local maxlen = tonumber(ARGV[2])
 local chan = ARGV[3]
-local ttl = tonumber(ARGV[4])
-local bodies = split(ARGV[5])
-local stamps = split(ARGV[6])
+local window = tonumber(ARGV[4])
+local first = tonumber(ARGV[5])
+local bodies = split(ARGV[6])
+local stamps = split(ARGV[7])
+local ids = split(ARGV[8])
+local bucket = math.floor(tonumber(redis.call('TIME')[1]) / window)
+local cur = KEYS[3] .. ':' .. bucket
+redis.call('UNLINK', KEYS[3] .. ':' .. (bucket - 2))
+local now = hmget(cur, ids, n)
+local before = hmget(KEYS[3] .. ':' .. (bucket - 1), ids, n)
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 if seq == 0 then
   local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
@@ -98,26 +126,40 @@ if seq == 0 then
 end
 local out = {}
 local published = {}
+local fresh = {}
+local kept = {}
 for i = 1, n do
-  local key = KEYS[2 + i]
-  local prev = redis.call('GET', key)
+  local id = ids[i]
+  local prev = now[i] or before[i] or fresh[id]
   if prev then
     out[i] = prev
   else
     seq = seq + 1
-    local body = string.gsub(bodies[i], ',"seq":%d+', ',"seq":' .. seq, 1)
+    local body = bodies[i]
+    if seq ~= first + i - 1 then
+      -- Numbered otherwise than the node guessed (another node wrote to
+      -- the room, or a resend was skipped): the body gets the real seq.
+      body = string.gsub(body, ',"seq":%d+', ',"seq":' .. seq, 1)
+    end
     if maxlen > 0 then
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, seq .. '-0', 'e', body)
     else
       redis.call('XADD', KEYS[2], seq .. '-0', 'e', body)
     end
-    redis.call('SET', key, seq .. ' ' .. stamps[i], 'EX', ttl)
+    local value = seq .. ' ' .. stamps[i]
+    fresh[id] = value
+    kept[#kept + 1] = id
+    kept[#kept + 1] = value
     published[#published + 1] = body
     out[i] = seq
   end
 end
-redis.call('HSET', KEYS[1], 'seq', seq)
-if #published > 0 then
+if #kept > 0 then
+  redis.call('HSET', KEYS[1], 'seq', seq)
+  for lo = 1, #kept, 2000 do
+    redis.call('HSET', cur, unpack(kept, lo, math.min(#kept, lo + 1999)))
+  end
+  redis.call('EXPIREAT', cur, (bucket + 2) * window + 60)
   -- One message for the batch's events in the room, a line each (JSON
   -- text holds no raw newline): a message per event cost the relay more
   -- than everything else it does.
@@ -147,15 +189,22 @@ _head = msgspec.json.Decoder(_Head)
 
 
 def append_call(
-    room: str, events: list[tuple[bytes, str, str]], maxlen: int = 0
+    room: str, events: list[tuple[bytes, str, str]], maxlen: int = 0, first: int = 0
 ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of the append script for ``events`` of
-    ``room``, each ``(body, ts, id key suffix)``."""
-    keys = [room_key(room, "meta"), room_key(room, "log")]
-    keys += [room_key(room, "id:" + ident) for _, _, ident in events]
-    args: list[Any] = [len(events), maxlen, EVENTS_CHANNEL, int(DEDUP_S)]
-    args += [b"\n".join(body for body, _, _ in events), "\n".join(ts for _, ts, _ in events)]
-    return keys, args
+    ``room``, each ``(body, ts, id key suffix)``; ``first``: the seq the
+    first body holds, the others following it (0: they may not)."""
+    keys = [room_key(room, "meta"), room_key(room, "log"), room_key(room, "ids")]
+    return keys, [
+        len(events),
+        maxlen,
+        EVENTS_CHANNEL,
+        int(DEDUP_S),
+        first,
+        b"\n".join([body for body, _, _ in events]),
+        "\n".join([ts for _, ts, _ in events]),
+        "\n".join([ident for _, _, ident in events]),
+    ]
 
 
 def room_key(room: str, what: str) -> str:
@@ -363,8 +412,14 @@ class RedisBackend:
             # Where each room's answer will be: (its pipeline, its place there).
             places: list[tuple[Any, int]] = []
             for room, events in rooms:
+                first = events[0][0]
+                if events[-1][0] - first != len(events) - 1:
+                    first = 0  # (not consecutive: the script sets every seq)
                 keys, args = append_call(
-                    room, [(body, head.ts, ident) for _, body, head, ident in events], self.maxlen
+                    room,
+                    [(body, head.ts, ident) for _, body, head, ident in events],
+                    self.maxlen,
+                    first,
                 )
                 pipe = pipe_for(keys[0])
                 places.append((pipe, len(pipe)))

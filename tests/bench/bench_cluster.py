@@ -72,7 +72,7 @@ def _batches(count: int) -> list[tuple[list[str], list[Any]]]:
                 )
             )
             events.append((body, ts, "r" + dedup_key(f"gen{j % 4}", rid)))
-        calls.append(append_call(ROOM, events))
+        calls.append(append_call(ROOM, events, first=b * BATCH + 1))
     return calls
 
 
@@ -113,7 +113,7 @@ def script_rate(server: RedisServer, seconds: float) -> tuple[float, int, float]
         elapsed = time.perf_counter() - t0
         assert int(r.hget(room_key(ROOM, "meta"), "seq")) == done
         inside = r.info("commandstats")["cmdstat_evalsha"]["usec"] / done
-        return done / elapsed, len(calls[0][1][4].split(b"\n")[0]), inside
+        return done / elapsed, len(calls[0][1][5].split(b"\n")[0]), inside
     finally:
         listener.kill()
         listener.wait(10)
