@@ -531,9 +531,11 @@ class Cluster:
         return list(frames or [])
 
 
-def apply_results(backend: RedisBackend, core: Core, out: Outbox) -> None:
+def apply_results(backend: RedisBackend, core: Core, out: Outbox, *later: Outbox) -> None:
     """Correct what the batch prepared with provisional seqs (acks, joined
-    replies, remembered acks, each room's last seq) by what Redis gave."""
+    replies, remembered acks, each room's last seq) by what Redis gave;
+    ``later``: batches handled since it was sent, whose answers to resends
+    of its requests hold the same provisional seqs."""
     patch: dict[tuple[str, int], tuple[int, str | None]] = {}
     for name, found in backend.results.items():
         real = 0
@@ -545,12 +547,15 @@ def apply_results(backend: RedisBackend, core: Core, out: Outbox) -> None:
                 if got != prov:
                     patch[(name, prov)] = (got, None)
         room = core.rooms.get(name)
-        if room is not None:
+        if room is not None and not backend.pending(name):
+            # (With a later batch's events numbered past these already, the
+            # room's count stays: lowered, it would number the next ones
+            # again, and the seqs of two batches' acks would mix.)
             room.seq = max(real, room.published)
     backend.results = {}
     if not patch:
         return
-    for frames in (out.replies, out.free):
+    for frames in [f for box in (out, *later) for f in (box.replies, box.free)]:
         for i, (ident, frame) in enumerate(frames):
             if not (frame.startswith(b'{"type":"ack"') or frame.startswith(b'{"type":"joined"')):
                 continue

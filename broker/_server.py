@@ -146,6 +146,8 @@ class Server:
         self._next_forgotten_report = 0.0
         self._signals: list[int] = []
         self._waiting = Outbox()  # a batch whose commit failed, until it succeeds
+        # A batch sent to Redis, its answers not yet read (see _flush).
+        self._inflight: Outbox | None = None
         self._next_store_retry = 0.0
         self._next_store_log = 0.0
         self._store_failed_at = 0.0
@@ -248,6 +250,8 @@ class Server:
                 wait = 1000 if expiry is None else min(1000, max(0, int((expiry - now) * 1000) + 1))
                 if core.read_only:
                     wait = min(wait, int(STORE_RETRY_S * 1000))
+                if self._inflight is not None:
+                    wait = 0  # (its answers are waited for in _flush, after what came meanwhile)
                 if conns.enabled:
                     # Wake often enough to notice the process growing fast
                     # (a message of millions of frames) and stop it midway.
@@ -278,8 +282,8 @@ class Server:
                         core = self.core
                 if core.recent.forgotten_early != self._forgotten_reported:
                     self._report_forgotten(now)
-                if out:
-                    self._flush(out)
+                if out or self._inflight is not None:
+                    out = self._flush(out)
                 if core.read_only and mono >= self._next_store_retry:
                     self._retry_store(mono)
                 if conns.due(mono):
@@ -288,7 +292,7 @@ class Server:
                 if now >= self._next_housekeeping:
                     self._housekeeping(now)
             core.notice("the broker is shutting down", out)
-            self._flush(out)
+            self._flush(out, last=True)
         finally:
             gc.set_threshold(*old_gc)
             gc.unfreeze()
@@ -396,7 +400,10 @@ class Server:
                 # one whose message was read last.
                 setsockopt(_SUBSCRIBE if data[0] == 1 else _UNSUBSCRIBE, data[1:])
 
-    def _flush(self, out: Outbox) -> None:
+    def _flush(self, out: Outbox, *, last: bool = False) -> Outbox:
+        """Commit the batch and send what it made; returns the outbox for
+        the next batch: ``out`` again, or a new one while ``out`` waits for
+        Redis (see :meth:`RedisBackend.send`; ``last``: never so)."""
         moved = self.core.moved
         if moved:
             # A session taken over: the private messages waiting on the store
@@ -408,21 +415,45 @@ class Server:
                     to, hops = moved[to], hops + 1
                 waiting[i] = (to, push)
             moved.clear()
+        sent = self._inflight
+        if sent is not None:
+            self._inflight = None
+            assert isinstance(self.store, RedisBackend)
+            try:
+                self.store.receive()
+            except StoreFull as err:
+                # Redis did not take the batch sent: it waits, and this one,
+                # handled on top of it, with it (the store put their writes
+                # back together, in order).
+                self._store_full(err, sent)
+                self._store_full(err, out)
+                return out
+            self._send(sent, later=out)
         if self.core.read_only:
             # Writes are refused meanwhile: what this batch made needs no commit.
             self._send(out)
-            return
+            return out
+        store = self.store
+        if not last and isinstance(store, RedisBackend) and store.can_send():
+            try:
+                store.send()
+            except StoreFull as err:
+                self._store_full(err, out)
+                return out
+            self._inflight = out
+            return Outbox()
         try:
-            self.store.commit()
+            store.commit()
         except StoreFull as err:
             self._store_full(err, out)
-            return
+            return out
         except StoreError:
             log.exception("the store failed; stopping (nothing unwritten was acknowledged)")
             out.clear()
             self.stopping = True
-            return
+            return out
         self._send(out)
+        return out
 
     def _start_over(self, out: Outbox) -> None:
         """Redis lost the cluster's state (it restarted empty, or a replica
@@ -446,6 +477,7 @@ class Server:
         )
         out.clear()
         self._waiting.clear()
+        self._inflight = None
         self.store.discard()  # the old core's unacknowledged batch: not into the new store
         self.core = Core(self.config, self.store, directory=self.cluster)
 
@@ -455,11 +487,13 @@ class Server:
         _send(self.pub, topic, _SNDMORE)
         _send(self.pub, body)
 
-    def _send(self, out: Outbox) -> None:
+    def _send(self, out: Outbox, later: Outbox | None = None) -> None:
+        """Send what the committed batch ``out`` made; ``later``: the batch
+        handled since it was sent to Redis (see :meth:`_flush`)."""
         if self.cluster is not None:
             # Numbered for good by Redis now; the relay publishes the events.
             assert isinstance(self.store, RedisBackend)
-            apply_results(self.store, self.core, out)
+            apply_results(self.store, self.core, out, *([later] if later is not None else []))
             out.events.clear()
         self._subscriptions()  # a subscriber that came before this batch gets it
         pub = self.pub
