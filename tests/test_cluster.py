@@ -555,3 +555,70 @@ def test_a_join_and_a_nick_change_in_one_batch_leave_no_stale_record(redis_serve
     finally:
         cluster.ps.close()
         backend.close()
+
+
+def _say(seq: int, nick: str, rid: str, ts: str = "2026-11-24T12:00:00.123Z") -> bytes:
+    return encode(MsgEvent(room="r", seq=seq, ts=ts, from_=nick, text=f"{nick} {rid}", id=rid))
+
+
+def test_a_resent_say_gets_its_first_seq_and_stamp_and_is_stored_once(redis_server: Any) -> None:
+    backend = RedisBackend(redis_server.url, node="n1")
+    r = redis_server.client()
+    try:
+        backend.add("r", 1, _say(1, "a", "x1"), 1000.0)
+        backend.add("r", 2, _say(2, "b", "x1"), 1000.0)
+        backend.commit()
+        assert backend.results == {"r": {1: 1, 2: 2}}
+        # Again later, with a stamp of its own (a resend to another node), and
+        # twice in one batch: the first's seq and stamp, nothing appended.
+        later = "2026-11-24T12:05:00.000Z"
+        backend.add("r", 3, _say(3, "a", "x1", later), 1001.0)
+        backend.add("r", 4, _say(4, "c", "x1", later), 1001.0)
+        backend.add("r", 5, _say(5, "c", "x1", later), 1001.0)
+        backend.commit()
+        first = "2026-11-24T12:00:00.123Z"
+        assert backend.results == {"r": {3: (1, first), 4: 3, 5: (3, later)}}
+        assert [e[0] for e in r.xrange("zchat:{r}:log")] == [b"1-0", b"2-0", b"3-0"]
+        # The ids are fields of the room's hash of the current window of
+        # Redis's clock, which outlives the window by one and a minute.
+        # (Two of them when the test ran across a window's end.)
+        buckets = r.keys("zchat:{r}:ids:*")
+        assert sum(r.hlen(b) for b in buckets) == 3
+        assert all(600 < r.ttl(b) <= 1260 for b in buckets)
+        assert not r.keys("zchat:{r}:id:*")
+    finally:
+        backend.close()
+
+
+def test_a_batch_whose_answers_were_lost_is_sent_again_and_stored_once(redis_server: Any) -> None:
+    from broker._backend import StoreFull
+
+    backend = RedisBackend(redis_server.url, node="n1")
+    r = redis_server.client()
+    try:
+        for seq in range(1, 4):
+            backend.add("r", seq, _say(seq, "a", f"x{seq}"), 1000.0)
+        assert backend.can_send()
+        backend.send()
+        # Handled while the first is in flight: it waits behind it.
+        backend.add("r", 4, _say(4, "a", "x4"), 1000.0)
+        backend.add("r", 5, _say(5, "a", "x1"), 1000.0)  # a resend of the first
+        assert backend.room_state("r") is not None and backend.room_state("r").last_seq == 5
+        # Redis ran it, but the node never reads the answers.
+        wait_until(lambda: r.hget("zchat:{r}:meta", "seq") == b"3", 10, "the batch to be run")
+        backend._flight[1].disconnect()  # type: ignore[index]
+        with pytest.raises(StoreFull):
+            backend.receive()
+        assert not backend.in_flight and not backend.can_send()
+        backend.commit()
+        ts = "2026-11-24T12:00:00.123Z"
+        assert backend.results == {"r": {1: (1, ts), 2: (2, ts), 3: (3, ts), 4: 4, 5: (1, ts)}}
+        assert [e[0] for e in r.xrange("zchat:{r}:log")] == [b"1-0", b"2-0", b"3-0", b"4-0"]
+        # And in flight again once a commit went through.
+        backend.add("r", 5, _say(5, "a", "x5"), 1000.0)
+        assert backend.can_send()
+        backend.send()
+        backend.receive()
+        assert backend.results == {"r": {5: 5}}
+    finally:
+        backend.close()
