@@ -7,16 +7,23 @@ one Lua script per room (a batch's rooms pipelined, so Redis answers the
 batch in one round trip and, with ``appendfsync always``, fsyncs once)
 takes the room's events in order and, atomically:
 
-* skips an event whose id key exists (a resend: the request id of a
-  ``say``, for ten minutes; other events get a key unique to the batch, so
-  a commit retried after a partial failure adds nothing twice) and returns
-  the first ``seq`` and ``ts`` instead;
-* numbers it with HINCRBY on the room's meta hash (continuing from the
+* skips an event whose id is known (a resend: the request id of a
+  ``say``, for ten minutes at least; other events get an id unique to the
+  batch, so a commit retried after a partial failure adds nothing twice)
+  and returns the first ``seq`` and ``ts`` instead. The ids are fields of
+  the room's hash ``zchat:{room}:ids:<window>``, one per ten minutes of
+  Redis's clock, each kept for two windows (see ``_APPEND``);
+* numbers it from the ``seq`` of the room's meta hash (continuing from the
   room's log when the hash was lost, so a seq is never used twice);
 * appends it to the room's stream with the seq as the entry id;
 
 and publishes the batch's new events of the room on ``zchat:events``, in one
 message, a line each.
+
+A batch of room events only is sent without waiting for its answers, and
+the node handles the next batch meanwhile (:meth:`RedisBackend.send`,
+:meth:`RedisBackend.receive`); it acknowledges nothing of it before they
+come.
 
 The node then corrects what it prepared with provisional numbers (acks,
 ``joined`` replies, its own idea of the room's last seq): see
@@ -26,7 +33,8 @@ rooms it has members in, in seq order, and fills any jump from the stream
 (see ``_cluster.py``).
 
 All of a room's keys share the hash tag ``{room}``, so a room's script
-touches one slot of a Redis Cluster.
+touches one slot of a Redis Cluster (the script names its id hashes from
+``KEYS[3]`` and Redis's clock: keys it is not given, but in that slot).
 """
 
 from __future__ import annotations
@@ -71,7 +79,7 @@ WAIT_MS = 1_000
 # buckets. ARGV: the count of events, the stream's MAXLEN (0: none), the
 # channel, the dedup window in seconds, the provisional seq of the first
 # event (the batch's are consecutive; 0: not known), then the events'
-# bodies, their ts and their id key suffixes, each a line (JSON and ids
+# bodies, their ts and their ids, each a line (JSON and ids
 # hold no raw newline): three arguments, not three an event, since packing
 # and parsing arguments was a fifth of a node's time.
 #
@@ -192,7 +200,7 @@ def append_call(
     room: str, events: list[tuple[bytes, str, str]], maxlen: int = 0, first: int = 0
 ) -> tuple[list[str], list[Any]]:
     """The keys and arguments of the append script for ``events`` of
-    ``room``, each ``(body, ts, id key suffix)``; ``first``: the seq the
+    ``room``, each ``(body, ts, id)``; ``first``: the seq the
     first body holds, the others following it (0: they may not)."""
     keys = [room_key(room, "meta"), room_key(room, "log"), room_key(room, "ids")]
     return keys, [
@@ -398,7 +406,7 @@ class RedisBackend:
         copies = int(answers.pop())
         if copies < self.wait_replicas:
             # Applied on the primary but not yet safe: nothing is acked; the
-            # retry finds it all there (id keys) and waits again.
+            # retry finds it all there (its ids) and waits again.
             raise redis.TimeoutError(
                 f"{copies} of the {self.wait_replicas} replicas asked for (--redis-wait) "
                 f"had the batch within {WAIT_MS} ms"
@@ -446,7 +454,7 @@ class RedisBackend:
     def _failed(self, err: Exception) -> StoreFull:
         # What the batch holds is kept whole, ids and all, for the next
         # commit (the shell refuses writes meanwhile): what Redis did of it
-        # is found again by the id keys, never done twice.
+        # is found again by its ids, never done twice.
         self.failed = True
         if self.clustered:
             with contextlib.suppress(*REDIS_ERRORS):
