@@ -268,8 +268,7 @@ class Cluster:
                 data: bytes = msg["data"]
                 if msg["channel"] == EVENTS_CHANNEL:
                     if data.startswith(b"{"):
-                        for body in data.split(b"\n"):
-                            self._relay(core, body, publish)
+                        self._relay(core, data.split(b"\n"), publish)
                 elif data.startswith(b"pm "):
                     s = core.nicks.get(data[3:].decode())
                     if s is not None:
@@ -286,17 +285,31 @@ class Cluster:
             # event or the next probe tries again; the loop goes on.
             log.warning("the Redis subscription's work failed: %s", err)
 
-    def _relay(self, core: Core, body: bytes, publish: Callable[[bytes, bytes], None]) -> None:
-        head = _room_seq.decode(body)
+    def _relay(
+        self, core: Core, bodies: list[bytes], publish: Callable[[bytes, bytes], None]
+    ) -> None:
+        """One script's new events of one room, numbered one after another:
+        only the first is read (decoding each cost the relay a third of
+        its time)."""
+        head = _room_seq.decode(bodies[0])
         room = core.rooms.get(head.room)
-        if room is None or head.seq <= room.published:
-            return  # nobody here is in it, or it went out already
-        if head.seq > room.published + 1:
-            self._fill(room, head.seq - 1, publish)
-        publish(room.pub_topic, body)
-        room.published = head.seq
-        if head.seq > room.seq:
-            room.seq = head.seq
+        if room is None:
+            return  # nobody here is in it
+        seq = head.seq
+        last = seq + len(bodies) - 1
+        if last <= room.published:
+            return  # it went out already
+        if seq > room.published + 1:
+            self._fill(room, seq - 1, publish)
+        topic = room.pub_topic
+        published = room.published
+        for body in bodies:
+            if seq > published:
+                publish(topic, body)
+            seq += 1
+        room.published = last
+        if last > room.seq:
+            room.seq = last
 
     def _fill(self, room: Any, upto: int | None, publish: Callable[[bytes, bytes], None]) -> None:
         for seq, body in self.backend.log_range(room.name, room.published, upto):
