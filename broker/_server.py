@@ -420,13 +420,23 @@ class Server:
             self._inflight = None
             assert isinstance(self.store, RedisBackend)
             try:
-                self.store.receive()
+                try:
+                    self.store.receive()
+                except StoreFull:
+                    # Once more at once, with this batch's writes (the store
+                    # put them behind the first's), as a commit tries again
+                    # on a dropped connection.
+                    self.store.commit()
             except StoreFull as err:
-                # Redis did not take the batch sent: it waits, and this one,
-                # handled on top of it, with it (the store put their writes
-                # back together, in order).
+                # Both wait, unacknowledged.
                 self._store_full(err, sent)
                 self._store_full(err, out)
+                return out
+            except StoreError:
+                log.exception("the store failed; stopping (nothing unwritten was acknowledged)")
+                sent.clear()
+                out.clear()
+                self.stopping = True
                 return out
             self._send(sent, later=out)
         if self.core.read_only:
