@@ -447,11 +447,11 @@ class Server:
         if not last and isinstance(store, RedisBackend) and store.can_send():
             try:
                 store.send()
-            except StoreFull as err:
-                self._store_full(err, out)
-                return out
-            self._inflight = out
-            return Outbox()
+            except StoreFull:
+                pass  # committed below, which tries a dropped connection again
+            else:
+                self._inflight = out
+                return Outbox()
         try:
             store.commit()
         except StoreFull as err:

@@ -622,3 +622,51 @@ def test_a_batch_whose_answers_were_lost_is_sent_again_and_stored_once(redis_ser
         assert backend.results == {"r": {5: 5}}
     finally:
         backend.close()
+
+
+def test_connections_to_redis_cut_at_full_speed_lose_and_double_nothing(
+    nodes: Callable[..., list[Broker]], redis_server: Any
+) -> None:
+    """A node's connections to Redis are cut again and again while a sender
+    keeps 50 says in flight (batches in flight to Redis among them): every
+    say is acknowledged once, stored once, and reaches a subscriber once,
+    in order."""
+    (a,) = nodes(1, "--rate", "0")
+
+    async def body() -> None:
+        r = redis_server.client()
+        async with Client(a.endpoint, "send") as sender, Client(a.endpoint, "sub") as sub:
+            await sub.join("general")
+            window = asyncio.Semaphore(50)
+            acks: dict[int, int] = {}
+            cuts = 0
+
+            async def one(n: int) -> None:
+                try:
+                    acks[n] = (await sender.say("general", f"m{n}")).seq
+                finally:
+                    window.release()
+
+            flying = []
+            for n in range(3000):
+                await window.acquire()
+                flying.append(asyncio.ensure_future(one(n)))
+                if n % 100 == 50:
+                    cuts += r.client_kill_filter(_type="normal", skipme=True)
+            await asyncio.wait_for(asyncio.gather(*flying), 60)
+            assert cuts >= 30
+            assert len(set(acks.values())) == 3000
+            got: list[MsgEvent] = []
+            while len(got) < 3000:
+                item = await sub.next_item(20)
+                if isinstance(item, MsgEvent):
+                    got.append(item)
+            assert [(e.seq, e.text) for e in got] == sorted((s, f"m{n}") for n, s in acks.items())
+            events = await whole_history(sub)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert sorted(e.text for e in events if isinstance(e, MsgEvent)) == sorted(
+                f"m{n}" for n in range(3000)
+            )
+        r.close()
+
+    run(body(), 120)
