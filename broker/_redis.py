@@ -144,7 +144,7 @@ for i = 1, n do
   else
     seq = seq + 1
     local body = bodies[i]
-    if seq ~= first + i - 1 then
+    if first == 0 or seq ~= first + i - 1 then
       -- Numbered otherwise than the node guessed (another node wrote to
       -- the room, or a resend was skipped): the body gets the real seq.
       body = string.gsub(body, ',"seq":%d+', ',"seq":' .. seq, 1)

@@ -670,3 +670,26 @@ def test_connections_to_redis_cut_at_full_speed_lose_and_double_nothing(
         r.close()
 
     run(body(), 120)
+
+
+def test_a_body_is_stored_with_the_seq_redis_gave_it(redis_server: Any) -> None:
+    backend = RedisBackend(redis_server.url, node="n1")
+    r = redis_server.client()
+    try:
+        backend.add("r", 1, _say(1, "a", "x1"), 1000.0)
+        backend.commit()
+        # Numbered by a node that knew less, not one after another, after
+        # two resends: the new one is the room's second.
+        backend.add("r", 10, _say(10, "a", "x1"), 1000.0)
+        backend.add("r", 11, _say(11, "a", "x1"), 1000.0)
+        backend.add("r", 13, _say(13, "a", "x2"), 1000.0)
+        # And one after another, but behind: each renumbered.
+        backend.add("q", 7, _say(7, "a", "y1").replace(b'"r"', b'"q"', 1), 1000.0)
+        backend.add("q", 8, _say(8, "a", "y2").replace(b'"r"', b'"q"', 1), 1000.0)
+        backend.commit()
+        assert backend.results["r"][13] == 2 and backend.results["q"] == {7: 1, 8: 2}
+        for room in ("r", "q"):
+            for eid, fields in r.xrange(f"zchat:{{{room}}}:log"):
+                assert msgspec.json.decode(fields[b"e"])["seq"] == int(eid.split(b"-")[0])
+    finally:
+        backend.close()
