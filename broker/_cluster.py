@@ -292,19 +292,23 @@ class Cluster:
         if room is None or head.seq <= room.published:
             return  # nobody here is in it, or it went out already
         if head.seq > room.published + 1:
-            self._fill(room, head.seq - 1, publish)
+            self._fill(core, room, head.seq - 1, publish)
         publish(room.pub_topic, body)
         room.published = head.seq
         if head.seq > room.seq:
             room.seq = head.seq
+        core.relayed(head.room, body)
 
-    def _fill(self, room: Any, upto: int | None, publish: Callable[[bytes, bytes], None]) -> None:
+    def _fill(
+        self, core: Core, room: Any, upto: int | None, publish: Callable[[bytes, bytes], None]
+    ) -> None:
         for seq, body in self.backend.log_range(room.name, room.published, upto):
             publish(room.pub_topic, body)
             room.published = seq
             self.repaired += 1
             if seq > room.seq:
                 room.seq = seq
+            core.relayed(room.name, body)
 
     def _reconnect(self, core: Core, publish: Callable[[bytes, bytes], None], why: str) -> None:
         log.warning("the Redis subscription was lost (%s); connecting again", why)
@@ -312,7 +316,7 @@ class Cluster:
         try:
             self._subscribe()
             for room in list(core.rooms.values()):
-                self._fill(room, None, publish)
+                self._fill(core, room, None, publish)
         except _LOST as err:
             log.error("cannot subscribe to Redis again: %s (retrying)", err)
             self._probe_sent = time.monotonic()  # try again at the next tick

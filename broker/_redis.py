@@ -226,6 +226,7 @@ class RedisBackend:
         # room -> [(provisional seq, body, head)] of the batch
         self._events: dict[str, list[tuple[int, bytes, _Head, str]]] = {}
         self._topics: dict[str, str] = {}
+        self._rules: dict[str, bytes] = {}
         self._claims: dict[str, tuple[str, float] | None] = {}
         self._pm_ids: list[tuple[str, str, bytes]] = []
         # Commands of the directory (_cluster.py), run in the batch's pipeline.
@@ -305,6 +306,16 @@ class RedisBackend:
     def set_topic(self, room: str, topic: str) -> None:
         self._topics[room] = topic
 
+    def set_rules(self, room: str, body: bytes) -> None:
+        self._rules[room] = body
+
+    def rules(self, room: str) -> bytes | None:
+        pending = self._rules.get(room)
+        if pending is not None:
+            return pending
+        body: bytes | None = self.r.get(room_key(room, "rules"))
+        return body
+
     def add_pm_id(self, sender: str, req_id: str, at: float, reply: bytes) -> None:
         self._pm_ids.append((sender, req_id, reply))
 
@@ -355,7 +366,9 @@ class RedisBackend:
 
     def commit(self) -> None:
         self.results = {}
-        if not (self._events or self._topics or self._claims or self._pm_ids or self.ops):
+        if not (
+            self._events or self._topics or self._rules or self._claims or self._pm_ids or self.ops
+        ):
             return
         try:
             pipe_for, execute = self._pipes()
@@ -371,6 +384,8 @@ class RedisBackend:
                 self._append(keys=keys, args=args, client=pipe)
             for room, topic in self._topics.items():
                 pipe_for(room_key(room, "meta")).hset(room_key(room, "meta"), "topic", topic)
+            for room, body in self._rules.items():
+                pipe_for(room_key(room, "rules")).set(room_key(room, "rules"), body)
             for nick, claim in self._claims.items():
                 if claim is None:
                     pipe_for(CLAIMS_KEY).hdel(CLAIMS_KEY, nick)
@@ -407,6 +422,7 @@ class RedisBackend:
             self.results[room] = found
         self._events.clear()
         self._topics.clear()
+        self._rules.clear()
         self._claims.clear()
         self._pm_ids.clear()
         self.ops.clear()
@@ -416,6 +432,7 @@ class RedisBackend:
         over on a store that lost its state (none of it was acknowledged)."""
         self._events.clear()
         self._topics.clear()
+        self._rules.clear()
         self._claims.clear()
         self._pm_ids.clear()
         self.ops.clear()
