@@ -363,6 +363,8 @@ class Client:
         self._lost: list[tuple[str, str]] = []  # rooms a rejoin was refused, until told
         self._want_rooms = [valid_room(r) for r in (rooms if rooms is not None else [DEFAULT_ROOM])]
         self._offer: list[CommandSpec] | None = None
+        # Given again after a reconnect: a new session is no operator.
+        self._oper_password: str | None = None
         self._pending: dict[str, _Pending] = {}
         self._items: deque[Item] = deque()
         self._item_ready = asyncio.Event()
@@ -917,8 +919,11 @@ class Client:
         return _expect(await self.request(_m.Bans(room=name)), _m.BansReply)
 
     async def oper(self, password: str) -> Ack:
-        """Become a server operator with the broker's operator password."""
-        return await self._moderate(_m.Oper(password=password))
+        """Become a server operator with the broker's operator password (and
+        again, by itself, after each reconnect)."""
+        ack = await self._moderate(_m.Oper(password=password))
+        self._oper_password = password
+        return ack
 
     async def kill(self, nick: str, reason: str | None = None) -> Ack:
         """(server operators) End ``nick``'s session."""
@@ -1218,6 +1223,12 @@ class Client:
                 same_store = welcome.server.store == before.server.store
         self._stop_fetches()
         self._apply(self._seq.reconnected(same_store=same_store))
+        if self._oper_password is not None:
+            # First: an operator may be let into rooms others are not.
+            reply = await self._ask(_m.Oper(password=self._oper_password))
+            if isinstance(reply, Error):
+                log.warning("no longer a server operator: %s", reply.message)
+                self._oper_password = None
         joins = {}
         for name in list(self._rooms):
             reply = await self._ask(Join(room=name))
