@@ -116,6 +116,7 @@ from messages import (
     Who,
     WhoReply,
     WhoUser,
+    check_mask,
     decode_event,
     decode_reply,
     encode,
@@ -1553,7 +1554,7 @@ class Core:
                 Code.NO_SUCH_USER,
                 f"{req.nick} is not online here: ban their nick, or an address by mask",
             )
-        return f"addr:{t.addr.name}"
+        return check_mask(f"addr:{t.addr.name}")
 
     def _ban(self, s: Session, req: Ban, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):

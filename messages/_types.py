@@ -278,7 +278,9 @@ def check_mask(mask: str) -> str:
         return mask
     if kind == "addr":
         try:
-            return f"addr:{ipaddress.ip_network(value, strict=False)}"
+            net = ipaddress.ip_network(value, strict=False)
+            # One address is written as an address: addr:203.0.113.7.
+            return f"addr:{net.network_address if net.num_addresses == 1 else net}"
         except ValueError:
             raise ProtocolError(
                 Code.BAD_REQUEST,

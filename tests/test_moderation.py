@@ -393,3 +393,18 @@ def test_roles_and_bans_outlive_the_core_in_a_store(tmp_path: Path) -> None:
     joined = w.ask(b"b", m.Join(room="r"))
     assert joined.roles == {"alice": "owner", "bob": "op"} and joined.modes == ["moderated"]
     assert ok(w.ask(b"b", m.Say(room="r", text="ops speak in a moderated room")))
+
+
+def test_masks_are_written_one_way() -> None:
+    assert m.check_mask("addr:203.0.113.7/32") == "addr:203.0.113.7"
+    assert m.check_mask("addr:10.1.2.3/8") == "addr:10.0.0.0/8"
+    assert m.check_mask("nick:Alice") == "nick:alice"
+    for bad in ("addr:nowhere", "nick:9lives", "key:short", "host:x"):
+        with pytest.raises(m.ProtocolError):
+            m.check_mask(bad)
+    w = world()
+    join_as(w, b"a", "alice")
+    join_as(w, b"m", "mallory", addr="203.0.113.7")
+    assert ok(w.ask(b"a", m.Ban(room="r", nick="mallory", match="addr")))
+    assert ok(w.ask(b"a", m.Unban(room="r", mask="addr:203.0.113.7/32")))  # the same ban
+    assert w.ask(b"a", m.Bans(room="r")).bans == []
