@@ -818,6 +818,10 @@ class Core:
         state = self.store.room_state(name)
         room = Room(name) if state is None else Room(name, state.last_seq, state.topic)
         self.rooms[name] = room
+        # Read with the room, whatever brings it in (a join, a session taken
+        # over from another node): a say takes the fast path only in rooms
+        # known to have no mute and no moderation.
+        self._rules_of(name)
         return room
 
     def _join(self, s: Session, req: Join, now: float, out: Outbox) -> None:

@@ -408,3 +408,19 @@ def test_masks_are_written_one_way() -> None:
     assert ok(w.ask(b"a", m.Ban(room="r", nick="mallory", match="addr")))
     assert ok(w.ask(b"a", m.Unban(room="r", mask="addr:203.0.113.7/32")))  # the same ban
     assert w.ask(b"a", m.Bans(room="r")).bans == []
+
+
+def test_a_mute_holds_in_a_room_brought_back_from_the_store(tmp_path: Path) -> None:
+    """The fast path of says skips rooms known to have mutes: a room read
+    back from the store (nobody was in it) must be known as one."""
+    path = str(tmp_path / "s.db")
+    w = World(store=Store(path))
+    join_as(w, b"a", "alice")
+    join_as(w, b"b", "bob")
+    assert ok(w.ask(b"a", m.Mute(room="r", nick="bob")))
+    w.store.close()
+    w2 = World(store=Store(path))  # a restart: no room in memory
+    join_as(w2, b"b", "bob")
+    out = Outbox()
+    w2.core.batch(w2.now, out)(b"b", m.Say(room="r", text="on the fast path", id="1"))
+    assert isinstance(w2._flush(out)[0][1], m.Error)
