@@ -223,8 +223,10 @@ class FullscreenUI(ChatUI):
         self.app.refresh_panels()
 
     def put_out(self, room: str) -> None:
+        # The room's window stays, with the line that says who put us out
+        # and why, until the next reconnect or a switch away drops it.
         super().put_out(room)
-        self.forget_parted()
+        self.add(room, r.info(f"you are out of #{room}; /join {room} to try to come back"))
         self.app.rebuild()
 
     def forget_parted(self) -> None:
