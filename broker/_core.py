@@ -141,6 +141,8 @@ VERSION = "0.1.0"
 ROOMS_MEMBERS_MAX = 50
 # Room of a reply's page left for its envelope (type, id, room, more...).
 ENVELOPE_BYTES = 512
+# Wrong operator passwords are logged at most once in this many seconds.
+OPER_LOG_EVERY_S = 10.0
 # How soon a writer refused for a full store should try again.
 UNAVAILABLE_RETRY_MS = 1_000
 T = TypeVar("T")
@@ -352,6 +354,8 @@ class Core:
         # --operators and --oper-password-file (and again on SIGHUP).
         self.operator_keys: frozenset[str] = frozenset()
         self.oper_password: str | None = None
+        self._oper_failures = 0  # wrong passwords not yet logged
+        self._oper_logged = -math.inf
         # The moderation of the rooms in memory, and of the server ("*"),
         # as in the store; rooms where a say must be checked against it.
         self._rules: dict[str, Rules] = {}
@@ -1751,7 +1755,17 @@ class Core:
     def _oper(self, s: Session, req: Oper, now: float, out: Outbox) -> None:
         password = self.oper_password
         if password is None or not hmac.compare_digest(req.password.encode(), password.encode()):
-            log.warning("a wrong operator password from %s (%s)", s.nick, s.addr.name)
+            self._oper_failures += 1
+            if now >= self._oper_logged + OPER_LOG_EVERY_S:
+                # One line in so many seconds: guesses must not flood the log.
+                log.warning(
+                    "%d wrong operator password%s, the last from %s (%s)",
+                    self._oper_failures,
+                    "" if self._oper_failures == 1 else "s",
+                    s.nick,
+                    s.addr.name,
+                )
+                self._oper_failures, self._oper_logged = 0, now
             raise ProtocolError(Code.FORBIDDEN, "that is not the operator password")
         s.oper = True
         log.info("%s (%s) is a server operator", s.nick, s.addr.name)

@@ -424,3 +424,20 @@ def test_a_mute_holds_in_a_room_brought_back_from_the_store(tmp_path: Path) -> N
     out = Outbox()
     w2.core.batch(w2.now, out)(b"b", m.Say(room="r", text="on the fast path", id="1"))
     assert isinstance(w2._flush(out)[0][1], m.Error)
+
+
+def test_password_guesses_are_logged_a_line_in_ten_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = world(rate=0)
+    join_as(w, b"a", "guesser")
+    with caplog.at_level("WARNING", logger="zchat.broker"):
+        for i in range(50):
+            assert refusal(w.ask(b"a", m.Oper(password=f"guess {i}"))) == "forbidden"
+        w.now += 10
+        assert refusal(w.ask(b"a", m.Oper(password="one more"))) == "forbidden"
+    lines = [r.getMessage() for r in caplog.records if "operator password" in r.getMessage()]
+    assert lines == [
+        "1 wrong operator password, the last from guesser (127.0.0.1)",
+        "50 wrong operator passwords, the last from guesser (127.0.0.1)",
+    ]
