@@ -101,6 +101,9 @@ class Backend(Protocol):
 
     def set_topic(self, room: str, topic: str) -> None: ...
 
+    def set_rules(self, room: str, body: bytes) -> None:
+        """Keep the room's moderation (see ``_moderation.py``), replacing it."""
+
     def add_pm_id(self, sender: str, req_id: str, at: float, reply: bytes) -> None:
         """Remember the ack of a private message, for resends after a restart."""
 
@@ -119,6 +122,9 @@ class Backend(Protocol):
     # -- reads
     def room_state(self, room: str) -> RoomState | None:
         """The last seq and topic of ``room``; None when it has no events."""
+
+    def rules(self, room: str) -> bytes | None:
+        """The room's moderation as last set, None when it has none."""
 
     def page(
         self, room: str, *, after: int | None, before: int | None, limit: int, max_bytes: int

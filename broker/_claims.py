@@ -115,6 +115,12 @@ class Claims:
         self.count[key] += 1
         self.store.set_nick_claim(nick_key, key, now)
 
+    def release(self, nick_key: str) -> None:
+        """Forget the claim of ``nick_key`` (as claimed): a server operator's
+        ``release``."""
+        if nick_key in self.owners:
+            self._drop(nick_key)
+
     def _sweep(self, now: float) -> None:
         """Drop the claims that lapsed (they are otherwise dropped only when
         their nick is next asked for)."""

@@ -117,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         log.error("%s", problem)
         return 2
+    if opts.operators and not opts.curve_secret:
+        log.error("--operators needs --curve-secret: without CURVE use --oper-password-file")
+        return 2
     if opts.allow_keys and not opts.curve_secret:
         log.error("--allow-keys needs --curve-secret: without CURVE there are no keys to check")
         return 2

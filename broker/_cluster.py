@@ -295,29 +295,36 @@ class Cluster:
         room = core.rooms.get(head.room)
         if room is None:
             return  # nobody here is in it
+        name = head.room
         seq = head.seq
-        last = seq + len(bodies) - 1
-        if last <= room.published:
+        if seq + len(bodies) - 1 <= room.published:
             return  # it went out already
         if seq > room.published + 1:
-            self._fill(room, seq - 1, publish)
+            self._fill(core, room, seq - 1, publish)
         topic = room.pub_topic
-        published = room.published
+        relayed = core.relayed
+        rooms = core.rooms
         for body in bodies:
-            if seq > published:
+            if seq > room.published:
+                if rooms.get(name) is not room:
+                    return  # (put out of memory by what came before: nobody is in it now)
                 publish(topic, body)
+                room.published = seq
+                if seq > room.seq:
+                    room.seq = seq
+                relayed(name, body)
             seq += 1
-        room.published = last
-        if last > room.seq:
-            room.seq = last
 
-    def _fill(self, room: Any, upto: int | None, publish: Callable[[bytes, bytes], None]) -> None:
+    def _fill(
+        self, core: Core, room: Any, upto: int | None, publish: Callable[[bytes, bytes], None]
+    ) -> None:
         for seq, body in self.backend.log_range(room.name, room.published, upto):
             publish(room.pub_topic, body)
             room.published = seq
             self.repaired += 1
             if seq > room.seq:
                 room.seq = seq
+            core.relayed(room.name, body)
 
     def _reconnect(self, core: Core, publish: Callable[[bytes, bytes], None], why: str) -> None:
         log.warning("the Redis subscription was lost (%s); connecting again", why)
@@ -325,7 +332,7 @@ class Cluster:
         try:
             self._subscribe()
             for room in list(core.rooms.values()):
-                self._fill(room, None, publish)
+                self._fill(core, room, None, publish)
         except _LOST as err:
             log.error("cannot subscribe to Redis again: %s (retrying)", err)
             self._probe_sent = time.monotonic()  # try again at the next tick

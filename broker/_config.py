@@ -100,6 +100,30 @@ class Config:
         "(re-read on SIGHUP)",
         metavar="DIR",
     )
+    # --------------------------------------------------------- moderation
+    operators: str | None = _opt(
+        None,
+        "with --curve-secret: the public keys (Z85, one a line, # comments) of server "
+        "operators, who act in every room, kill sessions, ban server-wide (re-read on "
+        "SIGHUP)",
+        metavar="FILE",
+        group="moderation",
+    )
+    oper_password_file: str | None = _opt(
+        None,
+        "a file whose first line is the password of server operators, given with an "
+        "'oper' request (/oper); for brokers without CURVE (re-read on SIGHUP)",
+        metavar="FILE",
+        group="moderation",
+    )
+    max_moderation: int = _opt(
+        500,
+        "entries a room's moderation holds: roles, bans, mutes and invitations "
+        "together (each change rewrites them)",
+        parse=_positive,
+        metavar="N",
+        group="moderation",
+    )
     # -------------------------------------------------------------- store
     store: str = _opt(
         ":memory:",
@@ -373,6 +397,7 @@ def flags() -> list[dataclasses.Field[Any]]:
 
 GROUPS = {
     "": None,
+    "moderation": "moderation",
     "store": "history store",
     "cluster": "cluster (several brokers sharing one Redis)",
     "sessions": "sessions",

@@ -37,6 +37,7 @@ message.
 from __future__ import annotations
 
 import hmac
+import logging
 import math
 import secrets
 from collections import OrderedDict
@@ -48,7 +49,13 @@ import msgspec
 
 from messages import (
     HISTORY_MAX,
+    MODE_FLAGS,
+    SERVER_ROOM,
     Ack,
+    Ban,
+    BanInfo,
+    Bans,
+    BansReply,
     BufferedEncoder,
     Bye,
     ByeReply,
@@ -56,22 +63,33 @@ from messages import (
     CommandInfo,
     Commands,
     CommandsReply,
+    Deop,
+    Devoice,
     Error,
     Hello,
     History,
     HistoryReply,
+    Invite,
     Join,
     Joined,
     JoinEvent,
+    Kick,
+    Kill,
     LeaveEvent,
     Limits,
+    Mode,
+    ModeEvent,
     MsgEvent,
+    Mute,
+    MuteInfo,
     Nick,
     NickEvent,
     NickReply,
     Notice,
     Offer,
     Offered,
+    Op,
+    Oper,
     Part,
     Parted,
     Ping,
@@ -79,6 +97,7 @@ from messages import (
     PmPush,
     Pong,
     ProtocolError,
+    Release,
     Request,
     RoomInfo,
     Rooms,
@@ -89,10 +108,15 @@ from messages import (
     ServerInfo,
     Topic,
     TopicEvent,
+    Unban,
+    Unmute,
+    Voice,
+    Wall,
     Welcome,
     Who,
     WhoReply,
     WhoUser,
+    check_mask,
     decode_event,
     decode_reply,
     encode,
@@ -106,13 +130,19 @@ from messages import (
 from ._backend import Backend, Directory, SessionRecord
 from ._claims import Claims
 from ._config import KIB, MIB, Config
+from ._moderation import Entry, Identity, Rules, listed, may
+from ._moderation import dump as dump_rules
+from ._moderation import load as load_rules
 from ._recent import DEDUP_S, ENTRY_MAX_BYTES, Recent, dedup_key
 
+log = logging.getLogger("zchat.broker")
 VERSION = "0.1.0"
 # Room members listed in a ``rooms`` reply, per room; ``member_count`` has all.
 ROOMS_MEMBERS_MAX = 50
 # Room of a reply's page left for its envelope (type, id, room, more...).
 ENVELOPE_BYTES = 512
+# Wrong operator passwords are logged at most once in this many seconds.
+OPER_LOG_EVERY_S = 10.0
 # How soon a writer refused for a full store should try again.
 UNAVAILABLE_RETRY_MS = 1_000
 T = TypeVar("T")
@@ -166,6 +196,7 @@ class Session:
         "last_seen",
         "nick",
         "offer",
+        "oper",
         "peer_key",
         "quiet",
         "refilled",
@@ -202,6 +233,11 @@ class Session:
         # gone or full), sent again when the session is next heard from.
         self.held: list[bytes] = []
         self.held_bytes = 0
+        # A server operator: by its key (--operators) or the password (oper).
+        self.oper = False
+
+    def identity(self) -> Identity:
+        return Identity(self.nick, self.peer_key, self.addr.name)
 
     def rename(self, nick: str) -> None:
         self.nick = nick
@@ -314,6 +350,16 @@ class Core:
         # new, for the private messages it holds back (cleared by it).
         self.moved: dict[bytes, bytes] = {}
         self.held_total = 0
+        # Server operators: their keys and password, set by the shell from
+        # --operators and --oper-password-file (and again on SIGHUP).
+        self.operator_keys: frozenset[str] = frozenset()
+        self.oper_password: str | None = None
+        self._oper_failures = 0  # wrong passwords not yet logged
+        self._oper_logged = -math.inf
+        # The moderation of the rooms in memory, and of the server ("*"),
+        # as in the store; rooms where a say must be checked against it.
+        self._rules: dict[str, Rules] = {}
+        self._guarded: set[str] = set()
         self._held_max = config.held_pm_kb * KIB
         self._held_total_max = config.held_pm_mb * MIB
         self._page = max(1024, config.max_reply_bytes - ENVELOPE_BYTES)
@@ -400,12 +446,20 @@ class Core:
         ts = format_ts(now)
         general = self._handle
         read_only = self.read_only or not self.fast_say
+        # Rooms with mutes or moderated: their says are checked the general way.
+        guarded = self._guarded
 
         def handle(
             ident: bytes, req: Request, peer_key: str | None = None, addr: str | None = None
         ) -> None:
             s = sessions.get(ident)
-            if type(req) is not Say or s is None or peer_key != s.peer_key or read_only:
+            if (
+                type(req) is not Say
+                or s is None
+                or peer_key != s.peer_key
+                or read_only
+                or req.room in guarded
+            ):
                 general(ident, req, now, out, peer_key, addr)
                 return
             s.last_seen = s.last_active = now
@@ -665,6 +719,11 @@ class Core:
             a = self._address(addr, now)
             tokens = self._admit(a, now)
             self._check_nick_free(None, req.nick, peer_key, now)
+            banned = self._server_rules().banned(Identity(req.nick, peer_key, a.name), now)
+            if banned is not None:
+                raise ProtocolError(
+                    Code.FORBIDDEN, "you are banned from this server" + _why(banned)
+                )
             session = Session(ident, req.nick, now, tokens, peer_key, a, bool(req.quiet))
             rooms: list[str] = []
             d = self.directory
@@ -694,6 +753,7 @@ class Core:
                     continue  # this node is full of rooms: the client will see it lost one
                 session.rooms[name] = None
                 room.members[session] = None
+        session.oper = peer_key is not None and peer_key in self.operator_keys
         out.reply(ident, self._welcome(session, req.id))
 
     def hold(self, ident: bytes, push: bytes) -> str | None:
@@ -762,6 +822,10 @@ class Core:
         state = self.store.room_state(name)
         room = Room(name) if state is None else Room(name, state.last_seq, state.topic)
         self.rooms[name] = room
+        # Read with the room, whatever brings it in (a join, a session taken
+        # over from another node): a say takes the fast path only in rooms
+        # known to have no mute and no moderation.
+        self._rules_of(name)
         return room
 
     def _join(self, s: Session, req: Join, now: float, out: Outbox) -> None:
@@ -779,7 +843,12 @@ class Core:
                     Code.LIMIT_REACHED,
                     f"you are in {len(s.rooms)} rooms, the most one session may be in",
                 )
+            self._may_enter(s, req.room, now)
             room = self._room(req.room)
+            rules = self._rules_of(room.name)
+            if room.seq == 0 and rules.owner is None and not rules.roles and not s.quiet:
+                rules.owner = s.key  # the first to come into a new room
+                self._save_rules(room.name, rules, now)
             s.rooms[req.room] = None
             room.members[s] = None
             if self.directory is not None:
@@ -811,6 +880,8 @@ class Core:
                 seq=seq,
                 member_count=len(present) if len(members) < len(present) else None,
                 already=True if already else None,
+                modes=self._rules_of(room.name).modes or None,
+                roles=self._roles_shown(room.name),
             ),
         )
 
@@ -822,6 +893,7 @@ class Core:
         now: float,
         out: Outbox,
         text: str | None = None,
+        by: str | None = None,
     ) -> None:
         room = self.rooms[room_name]
         del s.rooms[room_name]
@@ -838,13 +910,14 @@ class Core:
                     nick=s.nick,
                     reason=reason,
                     text=text,
+                    by=by,
                 ),
                 now,
                 out,
             )
         if not room.members:
             # Its numbering and topic are in the store, for when someone comes back.
-            del self.rooms[room_name]
+            self._unload(room_name)
 
     def _part(self, s: Session, req: Part, now: float, out: Outbox) -> None:
         self._member(s, req.room)
@@ -871,6 +944,8 @@ class Core:
         if self._repeat(s, req.id, out):
             return
         room = self._member(s, req.room)
+        if room.name in self._guarded:
+            self._may_speak(s, room.name, now)
         seq = self._next(room)
         ts = format_ts(now)
         self._event(
@@ -955,27 +1030,38 @@ class Core:
 
     def _who(self, s: Session, req: Who, now: float, out: Outbox) -> None:
         if self.directory is not None:
+            roles: dict[str, str] | None = None if req.room is None else self._roles_shown(req.room)
             found = sorted(self.directory.who(req.room, now), key=lambda u: nick_key(u[0]))
             users, more = _page(
                 found,
                 lambda u: nick_key(u[0]),
                 req.after,
-                lambda u: WhoUser(nick=u[0], idle_ms=u[1], quiet=u[2]),
+                lambda u: WhoUser(
+                    nick=u[0],
+                    idle_ms=u[1],
+                    quiet=u[2],
+                    role=None if roles is None else roles.get(nick_key(u[0])),
+                ),
                 self._page,
             )
             out.reply(s.ident, WhoReply(id=req.id, room=req.room, users=users, more=more))
             return
+        roles = None
         if req.room is None:
             members: Iterable[Session] = self.nicks.values()
         else:
             room = self.rooms.get(req.room)
             members = room.members if room is not None else ()
+            roles = self._roles_shown(req.room) if room is not None else None
         users, more = _page(
             sorted(members, key=lambda m: m.key),
             lambda m: m.key,
             req.after,
             lambda m: WhoUser(
-                nick=m.nick, idle_ms=int((now - m.last_active) * 1000), quiet=m.quiet
+                nick=m.nick,
+                idle_ms=int((now - m.last_active) * 1000),
+                quiet=m.quiet,
+                role=None if roles is None else roles.get(m.key),
             ),
             self._page,
         )
@@ -1076,6 +1162,10 @@ class Core:
             self.skeletons[s.skeleton] = s
             if self.claims is not None:
                 self.claims.use(new_key, s.peer_key, now)
+            for name in s.rooms:
+                rules = self._rules_of(name)
+                if rules.rename(nick_key(old), new_key):
+                    self._save_rules(name, rules, now)
             ts = format_ts(now)
             for name in () if s.quiet else s.rooms:
                 room = self.rooms[name]
@@ -1089,6 +1179,11 @@ class Core:
 
     def _topic(self, s: Session, req: Topic, now: float, out: Outbox) -> None:
         room = self._member(s, req.room)
+        rules = self._rules_of(room.name)
+        if "topic_lock" in rules.modes and not may(self._role(s, rules), "topic"):
+            raise ProtocolError(
+                Code.FORBIDDEN, f"the topic of #{room.name} is locked: only its operators set it"
+            )
         room.topic = req.topic
         self.store.set_topic(room.name, req.topic)
         seq = self._next(room)
@@ -1134,10 +1229,16 @@ class Core:
         self._end(s, "quit", now, out, req.reason)
 
     def _end(
-        self, s: Session, reason: str, now: float, out: Outbox, text: str | None = None
+        self,
+        s: Session,
+        reason: str,
+        now: float,
+        out: Outbox,
+        text: str | None = None,
+        by: str | None = None,
     ) -> None:
         for name in list(s.rooms):
-            self._leave(s, name, reason, now, out, text)
+            self._leave(s, name, reason, now, out, text, by)
         if self.directory is not None:
             self.directory.ended(s.key)
         self._forget(s, now)
@@ -1159,11 +1260,579 @@ class Core:
         if a.sessions == 0:
             self._idle_addresses.add(a.name)
 
+    # ---------------------------------------------------------- moderation
+
+    def _rules_of(self, name: str) -> Rules:
+        """The moderation of ``name`` (a room, or ``*``), kept in memory
+        while the room is: one of a room nobody is in is read, not kept."""
+        rules = self._rules.get(name)
+        if rules is None:
+            rules = load_rules(self.store.rules(name))
+            if name in self.rooms or name == SERVER_ROOM:
+                self._rules[name] = rules
+                self._guard(name, rules)
+        return rules
+
+    def _server_rules(self) -> Rules:
+        if self.directory is not None:
+            # Other nodes ban too: asked each time (a hello is rate-limited).
+            self._rules.pop(SERVER_ROOM, None)
+        return self._rules_of(SERVER_ROOM)
+
+    def _guard(self, name: str, rules: Rules) -> None:
+        if rules.mutes or "moderated" in rules.modes:
+            self._guarded.add(name)
+        else:
+            self._guarded.discard(name)
+
+    def _save_rules(self, name: str, rules: Rules, now: float) -> None:
+        rules.prune(now)
+        self.store.set_rules(name, dump_rules(rules))
+        if name in self._rules:
+            self._guard(name, rules)
+
+    def _unload(self, name: str) -> None:
+        """Forget a room nobody here is in (its state stays in the store)."""
+        del self.rooms[name]
+        self._rules.pop(name, None)
+        self._guarded.discard(name)
+
+    def rules_changed(self, name: str) -> None:
+        """Another node changed the room's moderation: read it again."""
+        if self._rules.pop(name, None) is not None:
+            self._guarded.discard(name)
+            self._rules_of(name)
+
+    def _role(self, s: Session, rules: Rules) -> str:
+        return "server" if s.oper else rules.role(s.key)
+
+    def _roles_shown(self, name: str) -> dict[str, str] | None:
+        rules = self._rules_of(name)
+        return listed(rules.roles, rules.owner) or None
+
+    def _may_enter(self, s: Session, name: str, now: float) -> None:
+        rules = self._rules_of(name)
+        role = self._role(s, rules)
+        if role == "server":
+            return
+        banned = rules.banned(s.identity(), now)
+        if banned is not None:
+            raise ProtocolError(Code.FORBIDDEN, f"you are banned from #{name}" + _why(banned))
+        if "invite_only" in rules.modes and s.key not in rules.invited and not may(role, "invite"):
+            raise ProtocolError(
+                Code.FORBIDDEN, f"#{name} is invite-only: ask one of its operators to invite you"
+            )
+
+    def _may_speak(self, s: Session, name: str, now: float) -> None:
+        rules = self._rules_of(name)
+        muted = rules.muted(s.key, now)
+        if muted is not None and not s.oper:
+            raise ProtocolError(Code.FORBIDDEN, f"you are muted in #{name}" + _why(muted))
+        if "moderated" in rules.modes and not may(self._role(s, rules), "speak"):
+            raise ProtocolError(
+                Code.FORBIDDEN, f"#{name} is moderated: only people with a voice speak"
+            )
+
+    def _moderated_room(self, s: Session, name: str, action: str) -> tuple[Room, Rules, str]:
+        """The room an operator acts in, its rules, and the actor's role; a
+        server operator needs not be in it."""
+        if name not in s.rooms and not s.oper:
+            raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{name}; join it first")
+        room = self._room(name)
+        rules = self._rules_of(name)
+        role = self._role(s, rules)
+        if not may(role, action):
+            self._done_with(room)
+            raise ProtocolError(Code.FORBIDDEN, f"only operators of #{name} may {action}")
+        return room, rules, role
+
+    def _done_with(self, room: Room) -> None:
+        if not room.members and room.name in self.rooms:
+            self._unload(room.name)
+
+    def _target_role(self, key: str, rules: Rules) -> str:
+        t = self.nicks.get(key)
+        return "server" if t is not None and t.oper else rules.role(key)
+
+    def _check_target(
+        self, s: Session, role: str, action: str, nick: str, rules: Rules, name: str
+    ) -> str:
+        key = nick_key(nick)
+        target = self._target_role(key, rules)
+        if not may(role, action, target, itself=key == s.key):
+            raise ProtocolError(
+                Code.FORBIDDEN, f"you may not {action} {nick} in #{name}: they are {target}"
+            )
+        return key
+
+    def _mode_event(
+        self,
+        s: Session,
+        rid: str | None,
+        room: Room,
+        mode: str,
+        now: float,
+        out: Outbox,
+        *,
+        target: str | None = None,
+        on: bool | None = None,
+        until: float | None = None,
+        text: str | None = None,
+    ) -> None:
+        seq = self._next(room)
+        ts = format_ts(now)
+        self._event(
+            room,
+            ModeEvent(
+                room=room.name,
+                seq=seq,
+                ts=ts,
+                nick=s.nick,
+                mode=mode,
+                target=target,
+                on=on,
+                until=None if until is None else format_ts(until),
+                text=text,
+            ),
+            now,
+            out,
+        )
+        self._acked(s, rid, Ack(id=rid, room=room.name, seq=seq, ts=ts), now, out)
+
+    def _acked(self, s: Session, rid: str | None, ack: Ack, now: float, out: Outbox) -> None:
+        """Answer a moderation request, and answer its resends alike."""
+        frame = encode(ack)
+        if rid is not None:
+            self.recent.add(s.dedup + rid, frame, now)
+        out.replies.append((s.ident, frame))
+
+    def _unchanged(self, s: Session, rid: str | None, room: Room, now: float, out: Outbox) -> None:
+        self._done_with(room)
+        self._acked(s, rid, Ack(id=rid, room=room.name, seq=room.seq, ts=format_ts(now)), now, out)
+
+    def _room_space(self, rules: Rules, name: str) -> None:
+        if rules.size() >= self.config.max_moderation:
+            raise ProtocolError(
+                Code.LIMIT_REACHED,
+                f"#{name} holds {rules.size()} roles, bans, mutes and invitations, its most; "
+                "remove some first",
+            )
+
+    def _set_role(self, s: Session, req: Any, now: float, out: Outbox, action: str) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room, rules, role = self._moderated_room(s, req.room, action)
+        try:
+            key = self._check_target(s, role, action, req.nick, rules, room.name)
+        except ProtocolError:
+            self._done_with(room)
+            raise
+        was = rules.role(key)
+        if action in ("op", "voice"):
+            want = action
+            if was == "owner" or was == "op" or was == want:
+                self._unchanged(s, req.id, room, now, out)  # as much or more already
+                return
+            if key not in rules.roles:
+                self._room_space(rules, room.name)
+        else:
+            undo = "op" if action == "deop" else "voice"
+            if was == "owner" and action == "deop":
+                rules.owner = None  # only a server operator gets here
+            elif was != undo:
+                self._unchanged(s, req.id, room, now, out)
+                return
+            want = None
+        if was == "owner" or want is None:
+            rules.roles.pop(key, None)
+        else:
+            rules.roles[key] = want
+        self._save_rules(room.name, rules, now)
+        self._mode_event(s, req.id, room, action, now, out, target=req.nick)
+        self._done_with(room)
+
+    def _op(self, s: Session, req: Op, now: float, out: Outbox) -> None:
+        self._set_role(s, req, now, out, "op")
+
+    def _deop(self, s: Session, req: Deop, now: float, out: Outbox) -> None:
+        self._set_role(s, req, now, out, "deop")
+
+    def _voice(self, s: Session, req: Voice, now: float, out: Outbox) -> None:
+        self._set_role(s, req, now, out, "voice")
+
+    def _devoice(self, s: Session, req: Devoice, now: float, out: Outbox) -> None:
+        self._set_role(s, req, now, out, "devoice")
+
+    def _invite(self, s: Session, req: Invite, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room, rules, _ = self._moderated_room(s, req.room, "invite")
+        key = nick_key(req.nick)
+        if key in rules.invited:
+            self._unchanged(s, req.id, room, now, out)
+            return
+        try:
+            self._room_space(rules, room.name)
+        except ProtocolError:
+            self._done_with(room)
+            raise
+        rules.invited.append(key)
+        self._save_rules(room.name, rules, now)
+        self._mode_event(s, req.id, room, "invite", now, out, target=req.nick)
+        self._tell(key, f"{s.nick} invites you to #{room.name}", out)
+        self._done_with(room)
+
+    def _tell(self, key: str, text: str, out: Outbox) -> None:
+        """A notice to the session ``key``, if it is on this node."""
+        t = self.nicks.get(key)
+        if t is not None:
+            out.pushes.append((t.ident, encode(Notice(text=text))))
+
+    def _kick(self, s: Session, req: Kick, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room, rules, role = self._moderated_room(s, req.room, "kick")
+        try:
+            key = self._check_target(s, role, "kick", req.nick, rules, room.name)
+            if not self._put_out(room, key, s.nick, req.reason, now, out):
+                raise ProtocolError(Code.NO_SUCH_USER, f"{req.nick} is not in #{room.name}")
+        except ProtocolError:
+            self._done_with(room)
+            raise
+        self._tell(key, f"{s.nick} put you out of #{room.name}" + _because(req.reason), out)
+        self._acked(
+            s, req.id, Ack(id=req.id, room=room.name, seq=room.seq, ts=format_ts(now)), now, out
+        )
+        self._done_with(room)
+
+    def _put_out(
+        self, room: Room, key: str, by: str, reason: str | None, now: float, out: Outbox
+    ) -> bool:
+        """A ``kick`` leave for ``key`` in ``room``; False when not in it.
+        One on another node of a cluster leaves there when it sees it."""
+        t = self.nicks.get(key)
+        if t is not None and room.name in t.rooms:
+            self._leave(t, room.name, "kick", now, out, reason, by)
+            return True
+        if self.directory is None:
+            return False
+        rec = self.directory.find(key)
+        if rec is None or room.name not in rec.rooms or rec.node == self.directory.node:
+            return False
+        self.directory.left(room.name, key)
+        if not rec.quiet:
+            self._event(
+                room,
+                LeaveEvent(
+                    room=room.name,
+                    seq=self._next(room),
+                    ts=format_ts(now),
+                    nick=rec.nick,
+                    reason="kick",
+                    text=reason,
+                    by=by,
+                ),
+                now,
+                out,
+            )
+        return True
+
+    def _ban_mask(self, s: Session, req: Ban) -> str:
+        if req.mask is not None:
+            return req.mask
+        assert req.nick is not None
+        key = nick_key(req.nick)
+        match = req.match or "nick"
+        if match == "nick":
+            return f"nick:{key}"
+        t = self.nicks.get(key)
+        if match == "key":
+            peer_key = t.peer_key if t is not None else None
+            if peer_key is None and t is None and self.directory is not None:
+                rec = self.directory.find(key)
+                peer_key = None if rec is None else rec.peer_key or None
+            if peer_key is None:
+                raise ProtocolError(
+                    Code.NO_SUCH_USER,
+                    f"{req.nick} is not online with a key (keys come with CURVE)",
+                )
+            return f"key:{peer_key}"
+        if t is None:
+            raise ProtocolError(
+                Code.NO_SUCH_USER,
+                f"{req.nick} is not online here: ban their nick, or an address by mask",
+            )
+        return check_mask(f"addr:{t.addr.name}")
+
+    def _ban(self, s: Session, req: Ban, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        mask = self._ban_mask(s, req)
+        until = None if req.duration_s is None else now + req.duration_s
+        entry = Entry(mask=mask, by=s.nick, at=now, until=until, reason=req.reason)
+        if req.room == SERVER_ROOM:
+            self._ban_server(s, req, entry, now, out)
+            return
+        room, rules, role = self._moderated_room(s, req.room, "ban")
+        try:
+            # Whoever the mask covers here must rank below the one banning.
+            covered = [m for m in room.members if m.identity().matches(mask)]
+            kind, _, value = mask.partition(":")
+            keys = {m.key for m in covered} | ({nick_key(value)} if kind == "nick" else set())
+            for key in keys:
+                target = self._target_role(key, rules)
+                if not may(role, "ban", target, itself=key == s.key):
+                    raise ProtocolError(
+                        Code.FORBIDDEN,
+                        f"you may not ban {mask} from #{room.name}: it covers someone {target}",
+                    )
+            if not any(b.mask == mask for b in rules.bans):
+                self._room_space(rules, room.name)
+        except ProtocolError:
+            self._done_with(room)
+            raise
+        rules.bans = [b for b in rules.bans if b.mask != mask] + [entry]
+        self._save_rules(room.name, rules, now)
+        self._mode_event(
+            s, req.id, room, "ban", now, out, target=mask, until=until, text=req.reason
+        )
+        for m in covered:
+            self._leave(m, room.name, "kick", now, out, req.reason, s.nick)
+            self._tell(m.key, f"{s.nick} banned you from #{room.name}" + _because(req.reason), out)
+        if kind == "nick":
+            self._put_out(room, value, s.nick, req.reason, now, out)
+        self._done_with(room)
+
+    def _ban_server(self, s: Session, req: Ban, entry: Entry, now: float, out: Outbox) -> None:
+        if not s.oper:
+            raise ProtocolError(Code.FORBIDDEN, "only server operators ban from the server")
+        rules = self._server_rules()
+        if not any(b.mask == entry.mask for b in rules.bans):
+            self._room_space(rules, "*")
+        rules.bans = [b for b in rules.bans if b.mask != entry.mask] + [entry]
+        self._save_rules(SERVER_ROOM, rules, now)
+        for t in [t for t in self.sessions.values() if t.identity().matches(entry.mask)]:
+            if t is not s:
+                self._kill_session(t, s.nick, req.reason or "banned from the server", now, out)
+        self._acked(s, req.id, Ack(id=req.id, ts=format_ts(now)), now, out)
+
+    def _unban(self, s: Session, req: Unban, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        if req.room == SERVER_ROOM:
+            if not s.oper:
+                raise ProtocolError(Code.FORBIDDEN, "only server operators unban from the server")
+            rules = self._server_rules()
+            if not any(b.mask == req.mask for b in rules.bans):
+                raise ProtocolError(Code.BAD_REQUEST, f"{req.mask} is not banned from the server")
+            rules.bans = [b for b in rules.bans if b.mask != req.mask]
+            self._save_rules(SERVER_ROOM, rules, now)
+            self._acked(s, req.id, Ack(id=req.id, ts=format_ts(now)), now, out)
+            return
+        room, rules, _ = self._moderated_room(s, req.room, "unban")
+        if not any(b.mask == req.mask and b.live(now) for b in rules.bans):
+            self._done_with(room)
+            raise ProtocolError(Code.BAD_REQUEST, f"{req.mask} is not banned from #{room.name}")
+        rules.bans = [b for b in rules.bans if b.mask != req.mask]
+        self._save_rules(room.name, rules, now)
+        self._mode_event(s, req.id, room, "unban", now, out, target=req.mask)
+        self._done_with(room)
+
+    def _mute(self, s: Session, req: Mute, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room, rules, role = self._moderated_room(s, req.room, "mute")
+        try:
+            key = self._check_target(s, role, "mute", req.nick, rules, room.name)
+            mask = f"nick:{key}"
+            if not any(m.mask == mask for m in rules.mutes):
+                self._room_space(rules, room.name)
+        except ProtocolError:
+            self._done_with(room)
+            raise
+        until = None if req.duration_s is None else now + req.duration_s
+        entry = Entry(mask=mask, by=s.nick, at=now, until=until, reason=req.reason)
+        rules.mutes = [m for m in rules.mutes if m.mask != mask] + [entry]
+        self._save_rules(room.name, rules, now)
+        self._mode_event(
+            s, req.id, room, "mute", now, out, target=req.nick, until=until, text=req.reason
+        )
+        self._done_with(room)
+
+    def _unmute(self, s: Session, req: Unmute, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room, rules, role = self._moderated_room(s, req.room, "unmute")
+        try:
+            key = self._check_target(s, role, "unmute", req.nick, rules, room.name)
+            if rules.muted(key, now) is None:
+                raise ProtocolError(Code.BAD_REQUEST, f"{req.nick} is not muted in #{room.name}")
+        except ProtocolError:
+            self._done_with(room)
+            raise
+        rules.mutes = [m for m in rules.mutes if m.mask != f"nick:{key}"]
+        self._save_rules(room.name, rules, now)
+        self._mode_event(s, req.id, room, "unmute", now, out, target=req.nick)
+        self._done_with(room)
+
+    def _mode(self, s: Session, req: Mode, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room, rules, _ = self._moderated_room(s, req.room, "mode")
+        changes = [
+            (flag, on)
+            for flag, on in (
+                ("invite_only", req.invite_only),
+                ("moderated", req.moderated),
+                ("topic_lock", req.topic_lock),
+            )
+            if on is not None and (flag in rules.modes) != on
+        ]
+        if not changes:
+            self._unchanged(s, req.id, room, now, out)
+            return
+        for flag, on in changes:
+            rules.modes = [
+                f for f in MODE_FLAGS if (f == flag and on) or (f != flag and f in rules.modes)
+            ]
+        self._save_rules(room.name, rules, now)
+        ack: Ack | None = None
+        for flag, on in changes:
+            seq = self._next(room)
+            ts = format_ts(now)
+            self._event(
+                room,
+                ModeEvent(room=room.name, seq=seq, ts=ts, nick=s.nick, mode=flag, on=on),
+                now,
+                out,
+            )
+            ack = Ack(id=req.id, room=room.name, seq=seq, ts=ts)
+        assert ack is not None
+        self._acked(s, req.id, ack, now, out)
+        self._done_with(room)
+
+    def _bans(self, s: Session, req: Bans, now: float, out: Outbox) -> None:
+        if req.room == SERVER_ROOM:
+            if not s.oper:
+                raise ProtocolError(Code.FORBIDDEN, "only server operators list server bans")
+            rules = self._server_rules()
+        else:
+            room, rules, _ = self._moderated_room(s, req.room, "bans")
+            self._done_with(room)
+
+        def ts(at: float | None) -> str | None:
+            return None if at is None else format_ts(at)
+
+        out.reply(
+            s.ident,
+            BansReply(
+                id=req.id,
+                room=req.room,
+                bans=[
+                    BanInfo(
+                        mask=b.mask, by=b.by, ts=format_ts(b.at), until=ts(b.until), reason=b.reason
+                    )
+                    for b in rules.bans
+                    if b.live(now)
+                ],
+                mutes=[
+                    MuteInfo(
+                        nick=m.mask[5:],
+                        by=m.by,
+                        ts=format_ts(m.at),
+                        until=ts(m.until),
+                        reason=m.reason,
+                    )
+                    for m in rules.mutes
+                    if m.live(now)
+                ],
+                roles=listed(rules.roles, rules.owner),
+                modes=list(rules.modes),
+                invited=list(rules.invited),
+            ),
+        )
+
+    def _oper(self, s: Session, req: Oper, now: float, out: Outbox) -> None:
+        password = self.oper_password
+        if password is None or not hmac.compare_digest(req.password.encode(), password.encode()):
+            self._oper_failures += 1
+            if now >= self._oper_logged + OPER_LOG_EVERY_S:
+                # One line in so many seconds: guesses must not flood the log.
+                log.warning(
+                    "%d wrong operator password%s, the last from %s (%s)",
+                    self._oper_failures,
+                    "" if self._oper_failures == 1 else "s",
+                    s.nick,
+                    s.addr.name,
+                )
+                self._oper_failures, self._oper_logged = 0, now
+            raise ProtocolError(Code.FORBIDDEN, "that is not the operator password")
+        s.oper = True
+        log.info("%s (%s) is a server operator", s.nick, s.addr.name)
+        out.reply(s.ident, Ack(id=req.id, ts=format_ts(now)))
+
+    def _server_only(self, s: Session, what: str) -> None:
+        if not s.oper:
+            raise ProtocolError(Code.FORBIDDEN, f"only server operators {what}")
+
+    def _kill(self, s: Session, req: Kill, now: float, out: Outbox) -> None:
+        self._server_only(s, "kill sessions")
+        if self._repeat(s, req.id, out):
+            return
+        key = nick_key(req.nick)
+        t = self.nicks.get(key)
+        if t is not None:
+            self._kill_session(t, s.nick, req.reason, now, out)
+        elif self.directory is not None and (rec := self.directory.find(key)) is not None:
+            # On another node: its leaves are published here, and that node
+            # forgets the session when it finds its record gone.
+            self._leave_everywhere(key, rec, "kick", now, out, req.reason, s.nick)
+            self.directory.ended(key)
+        else:
+            raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.nick!r} is online")
+        log.info("%s killed %s%s", s.nick, req.nick, _because(req.reason))
+        self._acked(s, req.id, Ack(id=req.id, to=req.nick, ts=format_ts(now)), now, out)
+
+    def _kill_session(
+        self, t: Session, by: str, reason: str | None, now: float, out: Outbox
+    ) -> None:
+        out.reply(t.ident, Notice(text=f"{by} ended your session" + _because(reason)))
+        self._end(t, "kick", now, out, reason, by)
+
+    def _wall(self, s: Session, req: Wall, now: float, out: Outbox) -> None:
+        self._server_only(s, "send server notices")
+        self.notice(f"[{s.nick}] {req.text}", out)
+        out.reply(s.ident, Ack(id=req.id, ts=format_ts(now)))
+
+    def _release_nick(self, s: Session, req: Release, now: float, out: Outbox) -> None:
+        self._server_only(s, "release nicks")
+        if self.claims is None:
+            raise ProtocolError(Code.BAD_REQUEST, "nicks belong to keys only with CURVE on")
+        key = nick_key(req.nick)
+        claimed = self.claims.by_skeleton.get(nick_skeleton(key))
+        if claimed is None:
+            raise ProtocolError(Code.BAD_REQUEST, f"{req.nick} belongs to no key")
+        self.claims.release(claimed)
+        out.reply(s.ident, Ack(id=req.id, to=req.nick, ts=format_ts(now)))
+
     # ------------------------------------------------------------ cluster
 
     def reaped(self, key: str, rec: SessionRecord, now: float, out: Outbox) -> None:
         """A session of a node that died timed out: one ``timeout`` leave in
         each of its rooms, published by this node for it."""
+        self._leave_everywhere(key, rec, "timeout", now, out)
+
+    def _leave_everywhere(
+        self,
+        key: str,
+        rec: SessionRecord,
+        reason: str,
+        now: float,
+        out: Outbox,
+        text: str | None = None,
+        by: str | None = None,
+    ) -> None:
+        """Leaves of a session of another node, published by this one."""
         assert self.directory is not None
         for name in rec.rooms:
             loaded = name in self.rooms
@@ -1180,13 +1849,32 @@ class Core:
                         seq=self._next(room),
                         ts=format_ts(now),
                         nick=rec.nick,
-                        reason="timeout",
+                        reason=reason,
+                        text=text,
+                        by=by,
                     ),
                     now,
                     out,
                 )
             if not loaded and not room.members:
-                del self.rooms[name]
+                self._unload(name)
+
+    def relayed(self, name: str, body: bytes) -> None:
+        """An event of ``name`` published by a node of the cluster (this one
+        or another): a moderation change is read again; a session of this
+        node put out of the room by another node leaves it here too."""
+        if body.startswith(b'{"type":"mode"'):
+            self.rules_changed(name)
+        elif body.startswith(b'{"type":"leave"') and b'"reason":"kick"' in body:
+            ev = decode_event(body)
+            if isinstance(ev, LeaveEvent):
+                s = self.nicks.get(nick_key(ev.nick))
+                room = self.rooms.get(name)
+                if s is not None and room is not None and name in s.rooms:
+                    del s.rooms[name]
+                    del room.members[s]
+                    if not room.members:
+                        self._unload(name)
 
     def moved_away(self, key: str, now: float) -> None:
         """The session ``key`` went on with its token on another node: forget
@@ -1198,7 +1886,7 @@ class Core:
             room = self.rooms[name]
             del room.members[s]
             if not room.members:
-                del self.rooms[name]
+                self._unload(name)
         s.rooms.clear()
         self._forget(s, now)
 
@@ -1292,6 +1980,16 @@ def _fit(names: list[str], budget: int) -> list[str]:
     return names
 
 
+def _because(reason: str | None) -> str:
+    return f": {reason}" if reason else ""
+
+
+def _why(entry: Entry) -> str:
+    """Until when and why, for the message of a refusal."""
+    until = "" if entry.until is None else f" until {format_ts(entry.until)}"
+    return until + _because(entry.reason)
+
+
 def _error(err: ProtocolError, rid: str | None) -> Error:
     return Error(
         id=err.id if err.id is not None else rid,
@@ -1326,6 +2024,22 @@ _HANDLERS: dict[type, Any] = {
     Bye: Core._bye,
     Offer: Core._offer,
     Commands: Core._commands,
+    Op: Core._op,
+    Deop: Core._deop,
+    Voice: Core._voice,
+    Devoice: Core._devoice,
+    Invite: Core._invite,
+    Kick: Core._kick,
+    Ban: Core._ban,
+    Unban: Core._unban,
+    Mute: Core._mute,
+    Unmute: Core._unmute,
+    Mode: Core._mode,
+    Bans: Core._bans,
+    Oper: Core._oper,
+    Kill: Core._kill,
+    Wall: Core._wall,
+    Release: Core._release_nick,
 }
 # Tokens each request costs before it is handled. A nick change is charged
 # by its handler, by the number of rooms it is announced in. Every join
@@ -1350,8 +2064,32 @@ _COST: dict[type, int] = {
     Who: 1,
     Rooms: 1,
     Commands: 1,
+    # Each moderation change rewrites the room's moderation (up to
+    # --max-moderation entries) in the store.
+    Op: 2,
+    Deop: 2,
+    Voice: 2,
+    Devoice: 2,
+    Invite: 2,
+    Kick: 2,
+    Ban: 2,
+    Unban: 2,
+    Mute: 2,
+    Unmute: 2,
+    Mode: 2,
+    Bans: 1,
+    # A password guess: as dear as a search.
+    Oper: 5,
+    Kill: 1,
+    Wall: 1,
+    Release: 1,
 }
 # Replies that tell nothing the batch's writes could take back.
-_FREE = frozenset({Pong, WhoReply, RoomsReply, CommandsReply, Offered, Welcome, Error, Notice})
+_FREE = frozenset(
+    {Pong, WhoReply, RoomsReply, CommandsReply, BansReply, Offered, Welcome, Error, Notice}
+)
 # What writes to the store, and is refused while it cannot take writes.
-_WRITES = frozenset({Join, Part, Say, Pm, Nick, Topic, Bye})
+_WRITES = frozenset(
+    {Join, Part, Say, Pm, Nick, Topic, Bye, Op, Deop, Voice, Devoice, Invite, Kick, Ban}
+    | {Unban, Mute, Unmute, Mode, Kill}
+)

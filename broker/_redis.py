@@ -283,6 +283,7 @@ class RedisBackend:
         # room -> [(provisional seq, body, head)] of the batch
         self._events: dict[str, list[tuple[int, bytes, _Head, str]]] = {}
         self._topics: dict[str, str] = {}
+        self._rules: dict[str, bytes] = {}
         self._claims: dict[str, tuple[str, float] | None] = {}
         self._pm_ids: list[tuple[str, str, bytes]] = []
         # Commands of the directory (_cluster.py), run in the batch's pipeline.
@@ -365,6 +366,16 @@ class RedisBackend:
     def set_topic(self, room: str, topic: str) -> None:
         self._topics[room] = topic
 
+    def set_rules(self, room: str, body: bytes) -> None:
+        self._rules[room] = body
+
+    def rules(self, room: str) -> bytes | None:
+        pending = self._rules.get(room)
+        if pending is not None:
+            return pending
+        body: bytes | None = self.r.get(room_key(room, "rules"))
+        return body
+
     def add_pm_id(self, sender: str, req_id: str, at: float, reply: bytes) -> None:
         self._pm_ids.append((sender, req_id, reply))
 
@@ -435,6 +446,8 @@ class RedisBackend:
             self._append(keys=keys, args=args, client=pipe)
         for room, topic in self._topics.items():
             pipe_for(room_key(room, "meta")).hset(room_key(room, "meta"), "topic", topic)
+        for room, body in self._rules.items():
+            pipe_for(room_key(room, "rules")).set(room_key(room, "rules"), body)
         for nick, claim in self._claims.items():
             if claim is None:
                 pipe_for(CLAIMS_KEY).hdel(CLAIMS_KEY, nick)
@@ -481,7 +494,9 @@ class RedisBackend:
         if self._flight is not None:
             self.receive()
         self.results = {}
-        if not (self._events or self._topics or self._claims or self._pm_ids or self.ops):
+        if not (
+            self._events or self._topics or self._rules or self._claims or self._pm_ids or self.ops
+        ):
             return
         try:
             pipe_for, execute = self._pipes()
@@ -493,6 +508,7 @@ class RedisBackend:
         self._found(rooms, places, answers)
         self._events.clear()
         self._topics.clear()
+        self._rules.clear()
         self._claims.clear()
         self._pm_ids.clear()
         self.ops.clear()
@@ -501,8 +517,9 @@ class RedisBackend:
     # Redis runs this one (Redis's time was four tenths of a node's, spent
     # waiting): :meth:`send` writes the batch to Redis and returns,
     # :meth:`receive` reads the answers. Only a batch of room events goes so
-    # (the hot path): the directory's writes (sessions, members, claims)
-    # are read back by the next batch's requests, so they commit whole.
+    # (the hot path): the directory's writes (sessions, members, claims) and
+    # a room's rules are read back by the next batch's requests, so they
+    # commit whole.
 
     def can_send(self) -> bool:
         """Whether the batch can go by :meth:`send`: a batch of room events
@@ -512,7 +529,7 @@ class RedisBackend:
             and self._flight is None
             and not self.failed
             and bool(self._events)
-            and not (self._topics or self._claims or self._pm_ids or self.ops)
+            and not (self._topics or self._rules or self._claims or self._pm_ids or self.ops)
         )
 
     def send(self) -> None:
@@ -604,6 +621,7 @@ class RedisBackend:
             self.r.connection_pool.release(conn)
         self._events.clear()
         self._topics.clear()
+        self._rules.clear()
         self._claims.clear()
         self._pm_ids.clear()
         self.ops.clear()

@@ -53,6 +53,7 @@ from ._config import Config, address_key
 from ._conns import Connections
 from ._core import VERSION, BatchHandler, Core, Outbox, error_reply
 from ._keys import Guard, load_secret, secure
+from ._moderation import read_operators
 from ._redis import REDIS_ERRORS, RedisBackend
 from ._store import Store, StoreError, StoreFull
 
@@ -140,6 +141,9 @@ class Server:
                 self.store.close()
                 raise
         self.core = Core(self.config, self.store, directory=self.cluster)
+        self.core.operator_keys, self.core.oper_password = read_operators(
+            config.operators, config.oper_password_file
+        )
         self.recovered = self.core.load_recent(time.time())
         self.stopping = False
         self._forgotten_reported = 0
@@ -489,7 +493,9 @@ class Server:
         self._waiting.clear()
         self._inflight = None
         self.store.discard()  # the old core's unacknowledged batch: not into the new store
+        keys, password = self.core.operator_keys, self.core.oper_password
         self.core = Core(self.config, self.store, directory=self.cluster)
+        self.core.operator_keys, self.core.oper_password = keys, password
 
     def _publish(self, topic: bytes, body: bytes) -> None:
         """An event of the cluster (any node's, durable already), as it
@@ -630,12 +636,30 @@ class Server:
             if signum in (signal.SIGINT, signal.SIGTERM):
                 log.info("got %s, shutting down", signal.Signals(signum).name)
                 self.stopping = True
-            elif signum == signal.SIGHUP and self.guard is not None:
-                try:
-                    n = self.guard.reload()
-                    log.info("SIGHUP: allow-list re-read, %d key%s", n, "" if n == 1 else "s")
-                except ValueError as err:
-                    log.error("SIGHUP: %s; keeping the old allow-list", err)
+            elif signum == signal.SIGHUP:
+                self._reread()
+
+    def _reread(self) -> None:
+        """SIGHUP: the allow-list and the server operators, read again."""
+        if self.guard is not None:
+            try:
+                n = self.guard.reload()
+                log.info("SIGHUP: allow-list re-read, %d key%s", n, "" if n == 1 else "s")
+            except ValueError as err:
+                log.error("SIGHUP: %s; keeping the old allow-list", err)
+        o = self.config
+        if o.operators is None and o.oper_password_file is None:
+            return
+        try:
+            keys, password = read_operators(o.operators, o.oper_password_file)
+        except ValueError as err:
+            log.error("SIGHUP: %s; keeping the old operators", err)
+            return
+        self.core.operator_keys, self.core.oper_password = keys, password
+        for s in self.core.sessions.values():
+            if s.peer_key is not None:
+                s.oper = s.peer_key in keys  # a key taken off the list is no operator now
+        log.info("SIGHUP: operators re-read, %d key%s", len(keys), "" if len(keys) == 1 else "s")
 
     def _announce(self) -> None:
         o = self.config

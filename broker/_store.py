@@ -87,7 +87,7 @@ INDEX_DELAY_S = 1.0
 # And at most this many bytes of events wait (kept in memory until then): a
 # flood of 4,000-character messages held 80 MiB within the second.
 INDEX_BYTES = 4 * 1024 * 1024
-OUR_TABLES = {"segments", "events", "topics", "pm_ids", "meta", "nick_keys"}
+OUR_TABLES = {"segments", "events", "topics", "pm_ids", "meta", "nick_keys", "rules"}
 
 
 def _explain(err: sqlite3.Error) -> str:
@@ -120,6 +120,10 @@ CREATE INDEX IF NOT EXISTS segments_at ON segments (at);
 CREATE TABLE IF NOT EXISTS topics (
     room TEXT PRIMARY KEY,
     topic TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rules (
+    room TEXT PRIMARY KEY,     -- a room, or '*' for the whole server
+    body BLOB NOT NULL         -- its moderation, JSON (see _moderation.py)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pm_ids (
     sender TEXT NOT NULL,
@@ -207,6 +211,7 @@ class Store:
         self._open: dict[str, _Open] = {}
         self._segments: list[_Open] = []
         self._topics: dict[str, str] = {}
+        self._rules: dict[str, bytes] = {}
         self._pm_ids: list[tuple[object, ...]] = []
         self._claims: dict[str, tuple[str, float] | None] = {}
         if path != ":memory:":
@@ -379,6 +384,16 @@ class Store:
     def set_topic(self, room: str, topic: str) -> None:
         self._topics[room] = topic
 
+    def set_rules(self, room: str, body: bytes) -> None:
+        self._rules[room] = body
+
+    def rules(self, room: str) -> bytes | None:
+        pending = self._rules.get(room)
+        if pending is not None:
+            return pending
+        row = self._db.execute("SELECT body FROM rules WHERE room = ?", (room,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def add_pm_id(self, sender: str, req_id: str, at: float, reply: bytes) -> None:
         self._pm_ids.append((sender, req_id, at, reply))
 
@@ -435,6 +450,9 @@ class Store:
         if self._topics:
             work.append(("INSERT OR REPLACE INTO topics VALUES (?, ?)", list(self._topics.items())))
             self._topics.clear()
+        if self._rules:
+            work.append(("INSERT OR REPLACE INTO rules VALUES (?, ?)", list(self._rules.items())))
+            self._rules.clear()
         if self._pm_ids:
             work.append(("INSERT OR REPLACE INTO pm_ids VALUES (?, ?, ?, ?)", self._pm_ids))
             self._pm_ids = []

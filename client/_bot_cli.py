@@ -16,7 +16,7 @@ from ._render import SafeFormatter
 from .bot import Bot
 
 PROG = "zchat bot"
-SHIPPED = ("dice", "echo", "logger", "remind")
+SHIPPED = ("antiflood", "dice", "echo", "logger", "remind")
 
 
 def load(spec: str) -> Bot:

@@ -52,6 +52,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+import messages as _m
 from messages import (
     DEFAULT_ROOM,
     HISTORY_MAX,
@@ -103,6 +104,7 @@ from messages import (
     decode_reply,
     encode,
     key_fingerprint,
+    nick_key,
     normalize_room,
     room_topic,
 )
@@ -361,6 +363,8 @@ class Client:
         self._lost: list[tuple[str, str]] = []  # rooms a rejoin was refused, until told
         self._want_rooms = [valid_room(r) for r in (rooms if rooms is not None else [DEFAULT_ROOM])]
         self._offer: list[CommandSpec] | None = None
+        # Given again after a reconnect: a new session is no operator.
+        self._oper_password: str | None = None
         self._pending: dict[str, _Pending] = {}
         self._items: deque[Item] = deque()
         self._item_ready = asyncio.Event()
@@ -821,6 +825,118 @@ class Client:
         reply = _expect(raw, Ack)
         return reply
 
+    # -------------------------------------------------------- moderation
+
+    async def _moderate(self, msg: Request) -> Ack:
+        return _expect(await self.request(msg), Ack)
+
+    async def op(self, room: str, nick: str) -> Ack:
+        """Make ``nick`` an operator of ``room`` (operators and owners may)."""
+        return await self._moderate(_m.Op(room=normalize_room(room), nick=nick))
+
+    async def deop(self, room: str, nick: str) -> Ack:
+        return await self._moderate(_m.Deop(room=normalize_room(room), nick=nick))
+
+    async def voice(self, room: str, nick: str) -> Ack:
+        """Let ``nick`` speak in ``room`` while it is moderated."""
+        return await self._moderate(_m.Voice(room=normalize_room(room), nick=nick))
+
+    async def devoice(self, room: str, nick: str) -> Ack:
+        return await self._moderate(_m.Devoice(room=normalize_room(room), nick=nick))
+
+    async def invite(self, room: str, nick: str) -> Ack:
+        """Let ``nick`` join ``room`` while it is invite-only."""
+        return await self._moderate(_m.Invite(room=normalize_room(room), nick=nick))
+
+    async def kick(self, room: str, nick: str, reason: str | None = None) -> Ack:
+        """Put ``nick`` out of ``room`` (they may come back)."""
+        return await self._moderate(_m.Kick(room=normalize_room(room), nick=nick, reason=reason))
+
+    async def ban(
+        self,
+        room: str,
+        *,
+        nick: str | None = None,
+        mask: str | None = None,
+        match: str | None = None,
+        duration_s: int | None = None,
+        reason: str | None = None,
+    ) -> Ack:
+        """Keep someone out of ``room`` (``"*"``: the server, for server
+        operators): ``nick`` (with ``match`` ``"key"`` or ``"addr"``: that
+        person's key or address), or a ``mask`` (``nick:NAME``,
+        ``key:KEY``, ``addr:IP[/BITS]``); for ``duration_s`` seconds, or
+        for good."""
+        name = room if room == "*" else normalize_room(room)
+        return await self._moderate(
+            _m.Ban(
+                room=name,
+                nick=nick,
+                mask=mask,
+                match=match,
+                duration_s=duration_s,
+                reason=reason,
+            )
+        )
+
+    async def unban(self, room: str, mask: str) -> Ack:
+        name = room if room == "*" else normalize_room(room)
+        return await self._moderate(_m.Unban(room=name, mask=mask))
+
+    async def mute(
+        self, room: str, nick: str, *, duration_s: int | None = None, reason: str | None = None
+    ) -> Ack:
+        """``nick`` reads ``room`` but may not say anything there."""
+        return await self._moderate(
+            _m.Mute(room=normalize_room(room), nick=nick, duration_s=duration_s, reason=reason)
+        )
+
+    async def unmute(self, room: str, nick: str) -> Ack:
+        return await self._moderate(_m.Unmute(room=normalize_room(room), nick=nick))
+
+    async def mode(
+        self,
+        room: str,
+        *,
+        invite_only: bool | None = None,
+        moderated: bool | None = None,
+        topic_lock: bool | None = None,
+    ) -> Ack:
+        """Turn the room's settings on (True) or off (False)."""
+        return await self._moderate(
+            _m.Mode(
+                room=normalize_room(room),
+                invite_only=invite_only,
+                moderated=moderated,
+                topic_lock=topic_lock,
+            )
+        )
+
+    async def bans(self, room: str) -> _m.BansReply:
+        """The room's roles, settings, bans, mutes and invitations
+        (operators only; ``"*"``: the server's bans)."""
+        name = room if room == "*" else normalize_room(room)
+        return _expect(await self.request(_m.Bans(room=name)), _m.BansReply)
+
+    async def oper(self, password: str) -> Ack:
+        """Become a server operator with the broker's operator password (and
+        again, by itself, after each reconnect)."""
+        ack = await self._moderate(_m.Oper(password=password))
+        self._oper_password = password
+        return ack
+
+    async def kill(self, nick: str, reason: str | None = None) -> Ack:
+        """(server operators) End ``nick``'s session."""
+        return await self._moderate(_m.Kill(nick=nick, reason=reason))
+
+    async def wall(self, text: str) -> Ack:
+        """(server operators) A notice to everyone connected."""
+        return await self._moderate(_m.Wall(text=self._text(text)))
+
+    async def release(self, nick: str) -> Ack:
+        """(server operators) Forget which key ``nick`` belongs to."""
+        return await self._moderate(_m.Release(nick=nick))
+
     async def offer_commands(self, commands: Iterable[CommandSpec]) -> int:
         """Announce the commands this client (a bot) answers; offered again
         by itself after a reconnect."""
@@ -946,10 +1062,19 @@ class Client:
 
     def _apply(self, step: Step[Any]) -> None:
         """Do what the sequencer asked: deliver, report, fetch."""
+        put_out: list[str] = []
         for ev in step.deliver:
             if isinstance(ev, NickEvent) and ev.old == self.nick:
                 self.nick = ev.new
+            elif (
+                isinstance(ev, _m.LeaveEvent)
+                and ev.reason == "kick"
+                and nick_key(ev.nick) == nick_key(self.nick)
+            ):
+                put_out.append(ev.room)  # not a member now: not rejoined by a reconnect
             self._put(ev)
+        for name in put_out:
+            self._forget_room(name)
         self._stats["delivered"] += len(step.deliver)
         if step.repaired:
             self._stats["repaired"] += step.repaired
@@ -1098,6 +1223,12 @@ class Client:
                 same_store = welcome.server.store == before.server.store
         self._stop_fetches()
         self._apply(self._seq.reconnected(same_store=same_store))
+        if self._oper_password is not None:
+            # First: an operator may be let into rooms others are not.
+            reply = await self._ask(_m.Oper(password=self._oper_password))
+            if isinstance(reply, Error):
+                log.warning("no longer a server operator: %s", reply.message)
+                self._oper_password = None
         joins = {}
         for name in list(self._rooms):
             reply = await self._ask(Join(room=name))

@@ -238,6 +238,166 @@ async def _search(ui: ChatUI, rest: str) -> bool:
     return True
 
 
+# ---------------------------------------------------------- moderation
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def duration(word: str) -> int | None:
+    """``90s``, ``10m``, ``2h``, ``7d``, ``1w`` in seconds; None when the
+    word is not a duration."""
+    if len(word) < 2 or word[-1] not in _UNITS or not word[:-1].isdigit():
+        return None
+    seconds = int(word[:-1]) * _UNITS[word[-1]]
+    return seconds if seconds > 0 else None
+
+
+def _here(ui: ChatUI) -> str:
+    if ui.current is None:
+        raise Usage("you are in no room")
+    return ui.current
+
+
+def _nick_word(word: str) -> str:
+    try:
+        check_nick(word)
+    except ProtocolError as err:
+        raise Usage(err.message) from None
+    return word
+
+
+def _one_nick(rest: str) -> str:
+    words = rest.split()
+    if len(words) != 1:
+        raise Usage()
+    return _nick_word(words[0])
+
+
+def _role_command(name: str) -> Handler:
+    async def run(ui: ChatUI, rest: str) -> bool:
+        nick = _one_nick(rest)
+        await getattr(ui.client, name)(_here(ui), nick)
+        return True
+
+    return run
+
+
+async def _invite(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if not 1 <= len(words) <= 2:
+        raise Usage()
+    room = _room_word(ui, words[1]) if len(words) == 2 else _here(ui)
+    await ui.client.invite(room, _nick_word(words[0]))
+    ui.show(r.info(f"{words[0]} may join #{room} now"))
+    return True
+
+
+async def _kick(ui: ChatUI, rest: str) -> bool:
+    words = rest.split(maxsplit=1)
+    if not words:
+        raise Usage()
+    await ui.client.kick(_here(ui), _nick_word(words[0]), words[1] if len(words) > 1 else None)
+    return True
+
+
+def _lasting(words: list[str]) -> tuple[int | None, str | None]:
+    """An optional DURATION, then an optional REASON, from ``words``."""
+    seconds = duration(words[0]) if words else None
+    if seconds is not None:
+        words = words[1:]
+    return seconds, " ".join(words) or None
+
+
+async def _ban(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    match = None
+    if words and words[0] in ("-key", "-addr"):
+        match = words.pop(0)[1:]
+    if not words:
+        raise Usage()
+    who = words.pop(0)
+    seconds, reason = _lasting(words)
+    room = _here(ui)
+    if ":" in who:
+        if match is not None:
+            raise Usage("-key and -addr go with a nick, not a mask")
+        await ui.client.ban(room, mask=who, duration_s=seconds, reason=reason)
+    else:
+        await ui.client.ban(
+            room, nick=_nick_word(who), match=match, duration_s=seconds, reason=reason
+        )
+    return True
+
+
+async def _unban(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if len(words) != 1:
+        raise Usage()
+    mask = words[0] if ":" in words[0] else f"nick:{_nick_word(words[0])}"
+    await ui.client.unban(_here(ui), mask)
+    return True
+
+
+async def _mute(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if not words:
+        raise Usage()
+    nick = _nick_word(words.pop(0))
+    seconds, reason = _lasting(words)
+    await ui.client.mute(_here(ui), nick, duration_s=seconds, reason=reason)
+    return True
+
+
+MODE_WORDS = ("invite_only", "moderated", "topic_lock")
+
+
+async def _mode(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if not words:
+        raise Usage("turn settings on with +, off with -: " + ", ".join(MODE_WORDS))
+    flags: dict[str, bool] = {}
+    for word in words:
+        flag = word[1:].replace("-", "_")
+        if word[:1] not in "+-" or flag not in MODE_WORDS:
+            raise Usage(f"{word!r}: settings are +/- " + ", ".join(MODE_WORDS))
+        flags[flag] = word[0] == "+"
+    await ui.client.mode(_here(ui), **flags)
+    return True
+
+
+async def _bans(ui: ChatUI, rest: str) -> bool:
+    words = rest.split()
+    if len(words) > 1:
+        raise Usage()
+    room = "*" if words == ["*"] else _room_word(ui, words[0]) if words else _here(ui)
+    ui.show(r.bans_table(await ui.client.bans(room)))
+    return True
+
+
+async def _oper(ui: ChatUI, rest: str) -> bool:
+    if not rest.strip():
+        raise Usage()
+    await ui.client.oper(rest.strip())
+    ui.show(r.info("you are a server operator"))
+    return True
+
+
+async def _kill(ui: ChatUI, rest: str) -> bool:
+    words = rest.split(maxsplit=1)
+    if not words:
+        raise Usage()
+    await ui.client.kill(_nick_word(words[0]), words[1] if len(words) > 1 else None)
+    ui.show(r.info(f"{words[0]}'s session ended"))
+    return True
+
+
+async def _wall(ui: ChatUI, rest: str) -> bool:
+    if not rest.strip():
+        raise Usage()
+    await ui.client.wall(rest)
+    return True
+
+
 async def _quit(ui: ChatUI, rest: str) -> bool:
     ui.quit_reason = rest.strip() or None
     return False
@@ -273,6 +433,39 @@ COMMANDS: tuple[Command, ...] = (
         f"the room's last {SEARCH_SHOWN} messages with every word of TEXT",
         _search,
     ),
+    Command("op", "NICK", "make NICK an operator of the room", _role_command("op")),
+    Command("deop", "NICK", "NICK is an operator no more", _role_command("deop")),
+    Command("voice", "NICK", "let NICK speak while the room is moderated", _role_command("voice")),
+    Command("devoice", "NICK", "take NICK's voice back", _role_command("devoice")),
+    Command("invite", "NICK [#ROOM]", "let NICK join an invite-only room", _invite),
+    Command("kick", "NICK [REASON]", "put NICK out of the room (they may come back)", _kick),
+    Command(
+        "ban",
+        "[-key|-addr] NICK|MASK [DURATION] [REASON]",
+        "keep NICK (or their key, their address; or a mask like addr:10.0.0.0/8) out "
+        "of the room, for a DURATION like 10m, 2h, 7d, or for good",
+        _ban,
+    ),
+    Command("unban", "NICK|MASK", "lift a ban (/bans lists them)", _unban),
+    Command("mute", "NICK [DURATION] [REASON]", "NICK reads but may not speak here", _mute),
+    Command("unmute", "NICK", "let NICK speak again", _role_command("unmute")),
+    Command(
+        "mode",
+        "+|-SETTING...",
+        "turn the room's settings on or off: invite_only, moderated, topic_lock",
+        _mode,
+        completes="mode",
+    ),
+    Command(
+        "bans",
+        "[#ROOM|*]",
+        "the room's operators, settings, bans and mutes (* : the server's bans)",
+        _bans,
+        completes="room",
+    ),
+    Command("oper", "PASSWORD", "become a server operator", _oper),
+    Command("kill", "NICK [REASON]", "(server operators) end NICK's session", _kill),
+    Command("wall", "TEXT", "(server operators) a notice to everyone", _wall),
     Command("quit", "[REASON]", "leave zchat, saying why (also Ctrl-D)", _quit, aliases=("exit",)),
 )
 BY_NAME: dict[str, Command] = {name: c for c in COMMANDS for name in (c.name, *c.aliases)}

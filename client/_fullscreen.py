@@ -37,7 +37,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, RichLog, Static
 
-from messages import HISTORY_MAX, Joined, MsgEvent, PmPush, TopicEvent
+from messages import HISTORY_MAX, Joined, ModeEvent, MsgEvent, PmPush, TopicEvent
 
 from . import _commands
 from . import _render as r
@@ -120,6 +120,7 @@ class FullscreenUI(ChatUI):
         # room -> nick -> (idle ms, time.monotonic() when known)
         self.idle: dict[str, dict[str, tuple[int, float]]] = {}
         self.bots: dict[str, set[str]] = {}  # by room: who offers commands there
+        self.roles: dict[str, dict[str, str]] = {}  # by room: who has a role there
         self._away: tuple[View, Any] | None = None  # the "reconnecting" line shown
 
     # ------------------------------------------------------------ views
@@ -217,7 +218,16 @@ class FullscreenUI(ChatUI):
                 self.app.bell()
         if isinstance(item, Disconnected | Reconnected):
             self.forget_parted()
+        if isinstance(item, ModeEvent) and item.room == self.viewing:
+            self.app.run_worker(self.app._ask_who(), group="who")  # roles changed
         self.app.refresh_panels()
+
+    def put_out(self, room: str) -> None:
+        # The room's window stays, with the line that says who put us out
+        # and why, until the next reconnect or a switch away drops it.
+        super().put_out(room)
+        self.add(room, r.info(f"you are out of #{room}; /join {room} to try to come back"))
+        self.app.rebuild()
 
     def forget_parted(self) -> None:
         """Rooms left (or lost) leave the room list."""
@@ -493,6 +503,7 @@ class ZchatApp(App[None]):
             reply = await self.client.who(room)
             now = time.monotonic()
             self.ui.idle[room] = {u.nick: (u.idle_ms, now) for u in reply.users}
+            self.ui.roles[room] = {u.nick: u.role for u in reply.users if u.role}
             # Bots are those who offer commands in the room.
             self.ui.bots[room] = {c.nick for c in await self.client.commands(room)}
             self.refresh_panels()
@@ -693,7 +704,9 @@ class ZchatApp(App[None]):
         known = self.ui.idle.get(view.key, {})
         now = time.monotonic()
         bots = self.ui.bots.get(view.key, set())
+        roles = self.ui.roles.get(view.key, {})
         for nick in nicks:
+            out.append(r.ROLE_MARK.get(roles.get(nick, ""), ""), style="bold")
             out.append(r.safe(nick), style=r.nick_color(nick))
             if nick in bots:
                 out.append(" bot", style=r.DIM)

@@ -28,6 +28,7 @@ from rich.text import Text
 from messages import (
     JoinEvent,
     LeaveEvent,
+    ModeEvent,
     MsgEvent,
     NickEvent,
     Notice,
@@ -173,10 +174,15 @@ def event_parts(
     if isinstance(ev, JoinEvent):
         text = f"--> {safe(ev.nick)} joined #{safe(ev.room)}"
     elif isinstance(ev, LeaveEvent):
-        why = LEAVE_WORDS.get(ev.reason, safe(ev.reason))
+        if ev.reason == "kick" and ev.by:
+            why = f"put out by {safe(ev.by)}"
+        else:
+            why = LEAVE_WORDS.get(ev.reason, safe(ev.reason))
         if ev.text:
             why += f": {safe(ev.text)}"
         text = f"<-- {safe(ev.nick)} left #{safe(ev.room)} ({why})"
+    elif isinstance(ev, ModeEvent):
+        text = f"--- {mode_words(ev)}"
     elif isinstance(ev, NickEvent):
         text = f"--- {safe(ev.old)} is now known as {safe(ev.new)}"
     elif isinstance(ev, TopicEvent):
@@ -186,6 +192,67 @@ def event_parts(
     else:
         return Text(), Text(safe(repr(ev)), style=DIM)
     return Text.assemble(_stamp(ev.ts)), Text(text, style=DIM)
+
+
+_MODE_WORDS = {
+    "op": "made {target} an operator",
+    "deop": "took operator from {target}",
+    "voice": "gave {target} a voice",
+    "devoice": "took {target}'s voice",
+    "mute": "muted {target}",
+    "unmute": "unmuted {target}",
+    "ban": "banned {target}",
+    "unban": "lifted the ban on {target}",
+    "invite": "invited {target}",
+}
+_FLAG_WORDS = {
+    "invite_only": ("made #{room} invite-only", "opened #{room} to everyone"),
+    "moderated": ("made #{room} moderated (voices only)", "let everyone speak in #{room}"),
+    "topic_lock": ("locked the topic of #{room}", "unlocked the topic of #{room}"),
+}
+
+
+def mode_words(ev: Any) -> str:
+    """A moderation change, in words: "alice banned nick:bob until ...: spam"."""
+    room, target = safe(ev.room), safe(ev.target or "")
+    if ev.mode in _FLAG_WORDS:
+        on, off = _FLAG_WORDS[ev.mode]
+        what = (on if ev.on else off).format(room=room)
+    else:
+        what = _MODE_WORDS.get(ev.mode, safe(ev.mode) + " {target}").format(target=target)
+        what += f" in #{room}"
+    if ev.until:
+        what += f" until {local_time(ev.until):%Y-%m-%d %H:%M}"
+    if ev.text:
+        what += f": {safe(ev.text)}"
+    return f"{safe(ev.nick)} {what}"
+
+
+def bans_table(reply: Any) -> Table:
+    """A room's moderation: roles, settings, bans and mutes."""
+    where = "the server" if reply.room == "*" else f"#{safe(reply.room)}"
+    table = Table(
+        title=f"moderation of {where}", title_justify="left", show_edge=False, pad_edge=False
+    )
+    table.add_column("what")
+    table.add_column("who")
+    table.add_column("by")
+    table.add_column("until")
+    table.add_column("why")
+    for nick, role in sorted(reply.roles.items(), key=lambda x: (x[1] != "owner", x[0])):
+        table.add_row(role, Text(safe(nick), style=nick_color(nick)), "", "", "")
+    if reply.modes:
+        table.add_row("settings", Text(", ".join(safe(m) for m in reply.modes)), "", "", "")
+    for kind, entries in (("ban", reply.bans), ("mute", reply.mutes)):
+        for e in entries:
+            until = f"{local_time(e.until):%Y-%m-%d %H:%M}" if e.until else "for good"
+            who = e.mask if kind == "ban" else e.nick
+            table.add_row(
+                kind, Text(safe(who)), Text(safe(e.by)), until, Text(safe(e.reason or ""))
+            )
+    if reply.invited:
+        table.add_row("invited", Text(", ".join(safe(n) for n in reply.invited)), "", "", "")
+    return table
 
 
 def _pm_parts(label: str, text: str, ts: str, hang: bool) -> tuple[Text, Text]:
@@ -237,6 +304,10 @@ def error(text: str) -> Text:
     return Text.assemble(("-!- ", ERROR), Text(safe(text), style="red"))
 
 
+# As IRC clients mark them: ~owner, @operator, +voice (* server operator).
+ROLE_MARK = {"owner": "~", "op": "@", "voice": "+", "server": "*"}
+
+
 def who_table(title: str, users: Iterable[Any]) -> Table:
     """People first, then the quiet sessions (scripts and readers), apart."""
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
@@ -247,7 +318,8 @@ def who_table(title: str, users: Iterable[Any]) -> Table:
         if getattr(u, "quiet", False):
             name = Text.assemble((safe(u.nick), DIM), (" (script or reader)", DIM))
         else:
-            name = Text(safe(u.nick), style=nick_color(u.nick))
+            name = Text(ROLE_MARK.get(getattr(u, "role", None) or "", "") + safe(u.nick))
+            name.stylize(nick_color(u.nick))
         table.add_row(name, idle(u.idle_ms))
     return table
 

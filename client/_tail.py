@@ -27,6 +27,7 @@ from messages import (
     DEFAULT_ROOM,
     JoinEvent,
     LeaveEvent,
+    ModeEvent,
     MsgEvent,
     NickEvent,
     TopicEvent,
@@ -38,7 +39,7 @@ from ._programs import add_common, default_nick, make_client, run_program
 from ._render import event_line
 
 PROG = "zchat tail"
-ROOM_EVENTS = (MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent)
+ROOM_EVENTS = (MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, ModeEvent)
 
 
 def parser() -> argparse.ArgumentParser:

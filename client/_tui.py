@@ -180,6 +180,10 @@ class ChatUI:
                     self.show(r.info(f"{who} joined #{room}"))
         if isinstance(item, LeaveEvent):
             self.members.get(item.room, set()).discard(item.nick)
+            if item.reason == "kick" and item.nick == me:
+                self.show_event(item)
+                self.put_out(item.room)
+                return
         elif isinstance(item, NickEvent):
             members = self.members.setdefault(item.room, set())
             members.discard(item.old)
@@ -196,6 +200,14 @@ class ChatUI:
             isinstance(item, PmPush) and item.from_ != me
         ):
             self.console.bell()
+
+    def put_out(self, room: str) -> None:
+        """Kicked or banned from ``room``: the client forgot it already."""
+        self.members.pop(room, None)
+        if self.current == room:
+            self.current = self.client.rooms[-1] if self.client.rooms else None
+            if self.current:
+                self.show(r.info(f"now talking in #{self.current}"))
 
     def _flush_rejoins(self, room: str) -> None:
         nicks = self._rejoined.pop(room, [])

@@ -41,6 +41,10 @@ class ChatCompleter(Completer):
         if command is not None and command.completes == "room" and first_arg:
             yield from _matches("#" + word, rooms, len(word))
             return
+        if command is not None and command.completes == "mode":
+            flags = [f"{sign}{f}" for f in _commands.MODE_WORDS for sign in "+-"]
+            yield from _matches(word, flags)
+            return
         at_start = " " not in text
         suffix = ": " if at_start and not text.startswith("/") else ""
         nicks = sorted(self.ui.nicks() - {self.ui.client.nick}, key=str.lower)

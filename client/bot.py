@@ -140,6 +140,36 @@ class Message:
         else:
             await self.client.say(self.room, text)
 
+    # A bot that is an operator of the room (``/op BOT``), or a server
+    # operator, moderates through these.
+
+    def _room(self) -> str:
+        if self.room is None:
+            raise InvalidInput("bad_request", "a private message has no room to moderate")
+        return self.room
+
+    async def mute(self, *, duration_s: int | None = None, reason: str | None = None) -> None:
+        """Mute the sender in the message's room.
+
+        Raises:
+            InvalidInput: a private message (no room).
+            RequestRefused: ``forbidden`` when the bot is no operator there.
+        """
+        await self.client.mute(self._room(), self.nick, duration_s=duration_s, reason=reason)
+
+    async def kick(self, reason: str | None = None) -> None:
+        """Put the sender out of the message's room."""
+        await self.client.kick(self._room(), self.nick, reason)
+
+    async def ban(
+        self, *, match: str = "nick", duration_s: int | None = None, reason: str | None = None
+    ) -> None:
+        """Ban the sender from the message's room: their ``nick``, ``key`` or
+        ``addr``."""
+        await self.client.ban(
+            self._room(), nick=self.nick, match=match, duration_s=duration_s, reason=reason
+        )
+
 
 @dataclass
 class Presence:

@@ -30,6 +30,9 @@ class Code(str, enum.Enum):
     # Additions: a bound of the broker was reached.
     LIMIT_REACHED = "limit_reached"
     UNAVAILABLE = "unavailable"
+    # Addition: moderation said no (not an operator, banned, muted, not
+    # invited, not voiced in a moderated room, the topic is locked).
+    FORBIDDEN = "forbidden"
 
     # A code reads as what travels, in messages and f-strings alike (a str
     # enum would otherwise print as "Code.NICK_TAKEN" on some Pythons).

@@ -14,6 +14,7 @@ default, so they are always written.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args
 
 import msgspec
@@ -247,6 +248,221 @@ class Commands(_Request, tag="commands", kw_only=True, frozen=True):
         return self
 
 
+# ------------------------------------------------ moderation (additions)
+
+# Roles in a room, lowest first; "server" is a server operator, above every
+# room's owner. "member" is everyone else.
+ROLES = ("member", "voice", "op", "owner", "server")
+# Room settings a ``mode`` request turns on or off.
+MODE_FLAGS = ("invite_only", "moderated", "topic_lock")
+# Whom a ban covers, written "kind:value": a nick (and every nick that looks
+# like it), a CURVE public key (Z85, 40 characters), or a client address or
+# network ("addr:203.0.113.7", "addr:2001:db8::/32").
+BAN_KINDS = ("nick", "key", "addr")
+SERVER_ROOM = "*"  # the "room" of server-wide bans
+DURATION_MAX_S = 10 * 365 * 86_400
+Duration = Annotated[int, msgspec.Meta(ge=1, le=DURATION_MAX_S)]
+Mask = Annotated[str, msgspec.Meta(min_length=3, max_length=120)]
+
+
+def check_mask(mask: str) -> str:
+    """``mask`` ("nick:NAME", "key:KEY" or "addr:IP[/BITS]") normalized (a
+    nick in lower case, an address in its short form), or ProtocolError."""
+    kind, _, value = mask.partition(":")
+    if kind == "nick":
+        check_nick(value)
+        return f"nick:{value.lower()}"
+    if kind == "key":
+        if len(value) != 40 or not value.isprintable() or " " in value:
+            raise ProtocolError(Code.BAD_REQUEST, "a key mask is 'key:' and a 40-character Z85 key")
+        return mask
+    if kind == "addr":
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+            # One address is written as an address: addr:203.0.113.7.
+            return f"addr:{net.network_address if net.num_addresses == 1 else net}"
+        except ValueError:
+            raise ProtocolError(
+                Code.BAD_REQUEST,
+                f"{value!r} is not an address or a network (203.0.113.7, 10.0.0.0/8)",
+            ) from None
+    raise ProtocolError(Code.BAD_REQUEST, "a ban mask is nick:NAME, key:KEY or addr:ADDRESS[/BITS]")
+
+
+def _check_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    return clean_text(reason, 300, allow_empty=True) or None
+
+
+def _check_room_or_server(room: str) -> None:
+    if room != SERVER_ROOM:
+        check_room(room)
+
+
+class _OnNick(_Request, kw_only=True, frozen=True):
+    """A moderation request about one person of a room."""
+
+    room: str
+    nick: str
+
+    def checked(self, max_text: int = TEXT_MAX) -> Any:
+        check_room(self.room)
+        check_nick(self.nick)
+        return self
+
+
+class Op(_OnNick, tag="op", kw_only=True, frozen=True):
+    """Addition: make ``nick`` an operator of ``room``."""
+
+
+class Deop(_OnNick, tag="deop", kw_only=True, frozen=True):
+    """Addition: ``nick`` is an operator no more."""
+
+
+class Voice(_OnNick, tag="voice", kw_only=True, frozen=True):
+    """Addition: ``nick`` may speak in ``room`` while it is moderated."""
+
+
+class Devoice(_OnNick, tag="devoice", kw_only=True, frozen=True):
+    pass
+
+
+class Invite(_OnNick, tag="invite", kw_only=True, frozen=True):
+    """Addition: ``nick`` may join ``room`` while it is invite-only."""
+
+
+class Kick(_OnNick, tag="kick", kw_only=True, frozen=True):
+    """Addition: put ``nick`` out of ``room`` (they may come back)."""
+
+    reason: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Kick:
+        super().checked(max_text)
+        reason = _check_reason(self.reason)
+        return self if reason == self.reason else msgspec.structs.replace(self, reason=reason)
+
+
+class Mute(_OnNick, tag="mute", kw_only=True, frozen=True):
+    """Addition: ``nick`` reads ``room`` but may not say anything there."""
+
+    duration_s: Duration | None = None
+    reason: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Mute:
+        super().checked(max_text)
+        reason = _check_reason(self.reason)
+        return self if reason == self.reason else msgspec.structs.replace(self, reason=reason)
+
+
+class Unmute(_OnNick, tag="unmute", kw_only=True, frozen=True):
+    pass
+
+
+class Ban(_Request, tag="ban", kw_only=True, frozen=True):
+    """Addition: keep someone out of ``room`` (``*``: the whole server).
+
+    Either ``mask`` (see :func:`check_mask`), or ``nick`` of someone online
+    with ``match`` saying what of theirs is banned: their ``nick`` (the
+    default), their ``key`` or their ``addr``."""
+
+    room: str
+    mask: Mask | None = None
+    nick: str | None = None
+    match: str | None = None
+    duration_s: Duration | None = None
+    reason: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Ban:
+        _check_room_or_server(self.room)
+        if (self.mask is None) == (self.nick is None):
+            raise ProtocolError(Code.BAD_REQUEST, "ban needs a 'mask' or a 'nick', not both")
+        if self.match is not None and (self.nick is None or self.match not in BAN_KINDS):
+            raise ProtocolError(
+                Code.BAD_REQUEST, "'match' goes with 'nick' and is nick, key or addr"
+            )
+        if self.nick is not None:
+            check_nick(self.nick)
+        mask = None if self.mask is None else check_mask(self.mask)
+        reason = _check_reason(self.reason)
+        if mask == self.mask and reason == self.reason:
+            return self
+        return msgspec.structs.replace(self, mask=mask, reason=reason)
+
+
+class Unban(_Request, tag="unban", kw_only=True, frozen=True):
+    room: str
+    mask: Mask
+
+    def checked(self, max_text: int = TEXT_MAX) -> Unban:
+        _check_room_or_server(self.room)
+        mask = check_mask(self.mask)
+        return self if mask == self.mask else msgspec.structs.replace(self, mask=mask)
+
+
+class Bans(_Request, tag="bans", kw_only=True, frozen=True):
+    """Addition: a room's moderation: roles, settings, bans and mutes."""
+
+    room: str
+
+    def checked(self, max_text: int = TEXT_MAX) -> Bans:
+        _check_room_or_server(self.room)
+        return self
+
+
+class Mode(_Request, tag="mode", kw_only=True, frozen=True):
+    """Addition: turn room settings on (true) or off (false)."""
+
+    room: str
+    invite_only: bool | None = None
+    moderated: bool | None = None
+    topic_lock: bool | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Mode:
+        check_room(self.room)
+        if self.invite_only is None and self.moderated is None and self.topic_lock is None:
+            raise ProtocolError(Code.BAD_REQUEST, "mode needs invite_only, moderated or topic_lock")
+        return self
+
+
+class Oper(_Request, tag="oper", kw_only=True, frozen=True):
+    """Addition: become a server operator with the broker's password."""
+
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Kill(_Request, tag="kill", kw_only=True, frozen=True):
+    """Addition (server operators): end ``nick``'s session."""
+
+    nick: str
+    reason: str | None = None
+
+    def checked(self, max_text: int = TEXT_MAX) -> Kill:
+        check_nick(self.nick)
+        reason = _check_reason(self.reason)
+        return self if reason == self.reason else msgspec.structs.replace(self, reason=reason)
+
+
+class Wall(_Request, tag="wall", kw_only=True, frozen=True):
+    """Addition (server operators): a notice to everyone, on the ``*`` topic."""
+
+    text: str
+
+    def checked(self, max_text: int = TEXT_MAX) -> Wall:
+        text = clean_text(self.text, max_text)
+        return self if text == self.text else msgspec.structs.replace(self, text=text)
+
+
+class Release(_Request, tag="release", kw_only=True, frozen=True):
+    """Addition (server operators): forget which key a nick belongs to."""
+
+    nick: str
+
+    def checked(self, max_text: int = TEXT_MAX) -> Release:
+        check_nick(self.nick)
+        return self
+
+
 Request = Union[
     Hello,
     Join,
@@ -263,6 +479,22 @@ Request = Union[
     Bye,
     Offer,
     Commands,
+    Op,
+    Deop,
+    Voice,
+    Devoice,
+    Invite,
+    Kick,
+    Mute,
+    Unmute,
+    Ban,
+    Unban,
+    Bans,
+    Mode,
+    Oper,
+    Kill,
+    Wall,
+    Release,
 ]
 
 # ------------------------------------------------------ replies and pushes
@@ -315,6 +547,10 @@ class Joined(_Reply, tag="joined", kw_only=True, frozen=True):
     # taken over by token, rejoining): nothing was published and ``seq`` is
     # the room's last event, which is not the joiner's own.
     already: bool | None = None
+    # Addition: the room's settings that are on (see mode), and the roles
+    # of those who have one ({nick: "owner" | "op" | "voice"}).
+    modes: list[str] | None = None
+    roles: dict[str, str] | None = None
 
 
 class Parted(_Reply, tag="parted", kw_only=True, frozen=True):
@@ -335,6 +571,8 @@ class WhoUser(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     idle_ms: int
     # Addition: a quiet session (a script or a reader, see hello.quiet).
     quiet: bool = False
+    # Addition: the user's role in the room asked about, when it has one.
+    role: str | None = None
 
 
 class WhoReply(_Reply, tag="who", kw_only=True, frozen=True):
@@ -420,6 +658,33 @@ class CommandsReply(_Reply, tag="commands", kw_only=True, frozen=True):
     more: bool = False
 
 
+class BanInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    mask: str
+    by: str
+    ts: str
+    until: str | None = None
+    reason: str | None = None
+
+
+class MuteInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    nick: str
+    by: str
+    ts: str
+    until: str | None = None
+    reason: str | None = None
+
+
+class BansReply(_Reply, tag="bans", kw_only=True, frozen=True):
+    """Addition: the answer to ``bans``."""
+
+    room: str
+    bans: list[BanInfo]
+    mutes: list[MuteInfo]
+    roles: dict[str, str]
+    modes: list[str]
+    invited: list[str]
+
+
 class PmPush(_Msg, tag="pm", kw_only=True, frozen=True):
     from_: str = msgspec.field(name="from")
     to: str
@@ -448,6 +713,7 @@ Reply = Union[
     Error,
     Offered,
     CommandsReply,
+    BansReply,
     PmPush,
     Notice,
 ]
@@ -476,8 +742,10 @@ class LeaveEvent(_Event, tag="leave", kw_only=True, frozen=True):
     nick: str
     reason: str
     # Addition: what the leaver typed (``/part #ops lunch break``, ``/quit
-    # gone home``).
+    # gone home``), or why they were put out.
     text: str | None = None
+    # Addition: who put them out (reason "kick").
+    by: str | None = None
 
 
 class NickEvent(_Event, tag="nick", kw_only=True, frozen=True):
@@ -490,7 +758,23 @@ class TopicEvent(_Event, tag="topic", kw_only=True, frozen=True):
     topic: str
 
 
-RoomEvent = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent]
-Event = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, Notice]
+class ModeEvent(_Event, tag="mode", kw_only=True, frozen=True):
+    """Addition: a moderation change in the room, made by ``nick``.
+
+    ``mode`` is op, deop, voice, devoice, mute, unmute, ban, unban or invite
+    (about ``target``, a nick or a ban mask; mute and ban may have
+    ``until`` and ``text``, the reason), or invite_only, moderated or
+    topic_lock (turned ``on`` or off)."""
+
+    nick: str
+    mode: str
+    target: str | None = None
+    on: bool | None = None
+    until: str | None = None
+    text: str | None = None
+
+
+RoomEvent = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, ModeEvent]
+Event = Union[MsgEvent, JoinEvent, LeaveEvent, NickEvent, TopicEvent, ModeEvent, Notice]
 
 REQUEST_TYPES: dict[str, type[Any]] = {cls.__struct_config__.tag: cls for cls in get_args(Request)}

@@ -295,7 +295,7 @@ def test_who_reports_idle_time() -> None:
     w.hello(b"b", "bob")
     w.ask(b"a", m.Ping())  # pings keep a session alive but do not make it active
     users = w.ask(b"b", m.Who(room="general")).users
-    assert users == [m.WhoUser(nick="alice", idle_ms=3000)]
+    assert users == [m.WhoUser(nick="alice", idle_ms=3000, role="owner")]  # (she made the room)
 
 
 def test_offers_and_commands() -> None:

@@ -527,3 +527,18 @@ def test_a_room_keeps_its_last_lines_and_fetches_older_ones_again(
     view = ui.views["general"]
     assert [e.seq for e in view.items] == [6, 7, 8, 9, 10]
     assert view.oldest == 6 and view.more  # PageUp at the top asks for what is before 6
+
+
+def test_a_kick_leaves_the_window_with_who_and_why_and_marks_operators(broker: Broker) -> None:
+    async def body() -> None:
+        async with other(broker, "owner", "ops") as owner:
+            async with fullscreen(broker, "alice", "ops", size=(160, 48)) as (app, pilot):
+                await owner.op("ops", "alice")
+                await until(pilot, lambda: "@alice" in str(app.panels.get("members")), "@alice")
+                assert "~owner" in str(app.panels.get("members"))
+                await owner.kick("ops", "alice", "bye now")
+                await until(pilot, lambda: "put out by owner: bye now" in app.log_text(), "kick")
+                assert "/join ops to try to come back" in app.log_text()
+                assert "ops" not in app.client.rooms
+
+    run(body())

@@ -1,0 +1,257 @@
+"""Moderation over real sockets: a broker process, clients, a bot, the
+terminal's commands, and a cluster of nodes sharing the rules."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
+
+from client import Client, RequestRefused
+from client._tui_complete import ChatCompleter
+from client.bots import antiflood
+from messages import LeaveEvent, ModeEvent, MsgEvent, Notice
+
+from .helpers import Broker, run, wait_until
+from .test_commands import Screen, chat, next_of
+
+PASSWORD = "open sesame, please"
+
+
+async def until(client: Client, pred: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+    while True:
+        item = await client.next_item(timeout)
+        if pred(item):
+            return item
+
+
+def test_owner_kicks_bans_mutes_and_a_restart_keeps_it(broker: Broker) -> None:
+    async def body() -> None:
+        async with (
+            Client(broker.endpoint, "alice", rooms=["ops"]) as alice,
+            Client(broker.endpoint, "bob", rooms=["ops"]) as bob,
+            Client(broker.endpoint, "carol", rooms=["ops"]) as carol,
+        ):
+            assert (await carol.who("ops")).users[0].role == "owner"  # alice came first
+            # A member cannot moderate.
+            with pytest.raises(RequestRefused) as refused:
+                await bob.kick("ops", "carol")
+            assert refused.value.code == "forbidden"
+            await alice.kick("ops", "bob", "calm down")
+            left = await until(carol, lambda i: isinstance(i, LeaveEvent) and i.nick == "bob")
+            assert (left.reason, left.by, left.text) == ("kick", "alice", "calm down")
+            await until(bob, lambda i: isinstance(i, LeaveEvent) and i.nick == "bob")
+            assert "ops" not in bob.rooms  # put out: not rejoined by a reconnect
+            notice = await until(bob, lambda i: isinstance(i, Notice))
+            assert "calm down" in notice.text
+            await bob.join("ops")  # a kick is not a ban
+            await alice.mute("ops", "bob", reason="quiet please")
+            with pytest.raises(RequestRefused, match="muted"):
+                await bob.say("ops", "but")
+            await carol.say("ops", "a polite client goes on")
+            await alice.ban("ops", nick="bob", duration_s=3600, reason="spam")
+            await until(carol, lambda i: isinstance(i, ModeEvent) and i.mode == "ban")
+            with pytest.raises(RequestRefused, match="banned"):
+                await bob.join("ops")
+            listed = await alice.bans("ops")
+            assert [b.mask for b in listed.bans] == ["nick:bob"]
+            assert [x.nick for x in listed.mutes] == ["bob"]
+            assert listed.roles == {"alice": "owner"}
+
+        broker.restart()
+        async with Client(broker.endpoint, "bob", rooms=[]) as bob:
+            with pytest.raises(RequestRefused, match="banned from #ops"):
+                await bob.join("ops")
+
+    run(body(), 60)
+
+
+def test_moderated_invite_only_and_topic_lock(broker: Broker) -> None:
+    async def body() -> None:
+        async with (
+            Client(broker.endpoint, "alice", rooms=["stage"]) as alice,
+            Client(broker.endpoint, "bob", rooms=["stage"]) as bob,
+            Client(broker.endpoint, "dave", rooms=[]) as dave,
+        ):
+            await alice.mode("stage", moderated=True, topic_lock=True, invite_only=True)
+            with pytest.raises(RequestRefused, match="moderated"):
+                await bob.say("stage", "hello?")
+            with pytest.raises(RequestRefused, match="locked"):
+                await bob.topic("stage", "mine")
+            await alice.voice("stage", "bob")
+            await bob.say("stage", "with a voice")
+            with pytest.raises(RequestRefused, match="invite-only"):
+                await dave.join("stage")
+            await alice.invite("stage", "dave")
+            invited = await until(dave, lambda i: isinstance(i, Notice))
+            assert "invites you to #stage" in invited.text
+            joined = await dave.join("stage")
+            assert joined.modes == ["invite_only", "moderated", "topic_lock"]
+            assert joined.roles == {"alice": "owner", "bob": "voice"}
+            await alice.op("stage", "dave")
+            await dave.topic("stage", "operators set topics")  # an operator may
+
+    run(body(), 60)
+
+
+def test_server_operators_by_password(make_broker: Callable[..., Broker], tmp_path: Path) -> None:
+    secret = tmp_path / "oper.txt"
+    secret.write_text(PASSWORD + "\n")
+    b = make_broker("--oper-password-file", str(secret), "--timeout-ms", "3000")
+
+    async def body() -> None:
+        async with (
+            Client(b.endpoint, "root", rooms=[]) as root,
+            Client(b.endpoint, "alice", rooms=["den"]) as alice,
+            Client(b.endpoint, "mallory", rooms=["den"]) as mallory,
+        ):
+            with pytest.raises(RequestRefused, match="not the operator password"):
+                await root.oper("guess")
+            await root.oper(PASSWORD)
+            await root.wall("maintenance at noon")
+            for c in (alice, mallory):
+                got = await until(c, lambda i: isinstance(i, Notice) and "noon" in i.text)
+                assert got.text == "[root] maintenance at noon"
+            # An operator acts in a room it is not in, above its owner.
+            await root.deop("den", "alice")
+            await root.kick("den", "mallory", "enough")
+            await root.kill("mallory", "goodbye")
+            await until(alice, lambda i: isinstance(i, LeaveEvent) and i.nick == "mallory")
+            assert "mallory" not in [u.nick for u in (await alice.who()).users]
+
+        # The password file is read again on SIGHUP: the old one is no more.
+        secret.write_text("a brand new password\n")
+        b.signal(signal.SIGHUP)
+        wait_until(lambda: "operators re-read" in b.log_text(), 10, "the SIGHUP")
+        async with Client(b.endpoint, "root2", rooms=[]) as root:
+            with pytest.raises(RequestRefused):
+                await root.oper(PASSWORD)
+            await root.oper("a brand new password")
+
+    run(body(), 60)
+
+
+def test_the_antiflood_bot_mutes_a_flooder_and_not_the_polite(broker: Broker) -> None:
+    async def body() -> None:
+        async with (
+            Client(broker.endpoint, "alice", rooms=["general"]) as alice,
+            Client(broker.endpoint, "flooder", rooms=["general"]) as flooder,
+            Client(broker.endpoint, "polite", rooms=["general"]) as polite,
+        ):
+            bot_client = antiflood.bot.make_client(broker.endpoint)
+            runner = asyncio.ensure_future(antiflood.bot.run(bot_client))
+            try:
+                await until(
+                    alice, lambda i: getattr(i, "nick", None) == "antiflood", 10
+                )  # its join
+                await alice.op("general", "antiflood")
+                for i in range(antiflood.LINES + 1):
+                    await flooder.say("general", f"spam {i}")
+                muted = await until(alice, lambda i: isinstance(i, ModeEvent) and i.mode == "mute")
+                assert (muted.nick, muted.target) == ("antiflood", "flooder")
+                assert muted.until is not None and "flood" in (muted.text or "")
+                with pytest.raises(RequestRefused, match="muted"):
+                    await flooder.say("general", "more spam")
+                for i in range(antiflood.LINES):  # at most LINES: never muted
+                    await polite.say("general", f"line {i}")
+                await polite.say("general", "still here")
+                said = await until(
+                    alice, lambda i: isinstance(i, MsgEvent) and i.text == "still here"
+                )
+                assert said.from_ == "polite"
+            finally:
+                await bot_client.close()
+                runner.cancel()
+
+    run(body(), 60)
+
+
+def test_moderation_is_shared_by_the_nodes_of_a_cluster(
+    make_broker: Callable[..., Broker], redis_server: Any
+) -> None:
+    a, b = (
+        make_broker("--cluster", redis_server.url, "--timeout-ms", "3000", "--heartbeat-ms", "500")
+        for _ in range(2)
+    )
+
+    async def body() -> None:
+        async with (
+            Client(a.endpoint, "alice", rooms=["ops"]) as alice,
+            Client(b.endpoint, "bob", rooms=["ops"]) as bob,
+            Client(b.endpoint, "carol", rooms=["ops"]) as carol,
+        ):
+            # A mute set on node a holds on node b.
+            await alice.mute("ops", "bob")
+            await until(bob, lambda i: isinstance(i, ModeEvent) and i.mode == "mute")
+            with pytest.raises(RequestRefused, match="muted"):
+                await bob.say("ops", "from b")
+            await carol.say("ops", "a polite client on b")
+            # A kick from node a puts out a session of node b.
+            await alice.kick("ops", "bob", "out")
+            left = await until(carol, lambda i: isinstance(i, LeaveEvent) and i.nick == "bob")
+            assert (left.by, left.text) == ("alice", "out")
+            with pytest.raises(RequestRefused, match="not in"):
+                await bob.say("ops", "still in?")
+            # A ban from node a keeps them out of node b.
+            await alice.ban("ops", nick="bob")
+            await until(carol, lambda i: isinstance(i, ModeEvent) and i.mode == "ban")
+            with pytest.raises(RequestRefused, match="banned"):
+                await bob.join("ops")
+            assert (await carol.who("ops")).users[0].role == "owner"
+
+    run(body(), 60)
+
+
+def test_the_terminal_commands_moderate_and_refuse_mistypes(
+    make_broker: Callable[..., Broker],
+) -> None:
+    b = make_broker("--rate", "0", store=":memory:")
+
+    async def body() -> None:
+        async with Client(b.endpoint, "bob", rooms=[]) as bob:
+            async with chat(b, "alice", "ops") as s:
+                await bob.join("ops")
+                ui = s.ui
+                mistyped = {
+                    "/kick": "usage: /kick NICK [REASON]",
+                    "/op a b": "usage: /op NICK",
+                    "/mode moderated": "settings are +/- invite_only, moderated, topic_lock",
+                    "/mode": "turn settings on with +",
+                    "/ban -key": "usage: /ban",
+                    "/ban -addr addr:10.0.0.1": "-key and -addr go with a nick",
+                    "/mute 9lives": "not valid",
+                    "/bans a b": "usage: /bans",
+                }
+                for line, words in mistyped.items():
+                    before = len(s.text())
+                    assert await ui.handle(line) is True
+                    assert words in s.text()[before:], (line, s.text()[before:])
+                roles = {u.nick: u.role for u in (await bob.who("ops")).users}
+                assert roles == {"alice": "owner", "bob": None}  # nothing was guessed
+                for line in ("/op bob", "/mode +moderated +topic_lock", "/mute bob 10m too loud"):
+                    assert await ui.handle(line) is True
+                muted = await next_of(bob, ModeEvent, lambda e: e.mode == "mute")
+                assert (muted.target, muted.text) == ("bob", "too loud") and muted.until
+                before = len(s.text())
+                assert await ui.handle("/bans") is True
+                table = s.text()[before:]
+                assert "owner" in table and "moderated" in table and "too loud" in table
+                assert await ui.handle("/ban bob 2h spam") is True
+                left = await next_of(bob, LeaveEvent, lambda e: e.nick == "bob")
+                assert (left.reason, left.by, left.text) == ("kick", "alice", "spam")
+                screen = Screen(bob)
+                screen.ui.on_item(left)
+                assert "<-- bob left #ops (put out by alice: spam)" in screen.text()
+                completer = ChatCompleter(ui)
+                doc = Document("/mode +mo", 9)
+                assert [c.text for c in completer.get_completions(doc, CompleteEvent())] == [
+                    "+moderated"
+                ]
+
+    run(body())
