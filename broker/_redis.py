@@ -291,9 +291,9 @@ class RedisBackend:
         # After a commit: room -> provisional seq -> the real seq, or for an
         # event that was there already (a resend) its (seq, ts).
         self.results: dict[str, dict[int, int | tuple[int, str]]] = {}
-        # A batch sent and not yet answered (see send): its pipeline, the
-        # connection it went on, its rooms and their places.
-        self._flight: tuple[Any, Any, list[Any], list[tuple[Any, int]]] | None = None
+        # A batch sent and not yet answered (see send): its pipeline (which
+        # holds the connection it went on), its rooms and their places.
+        self._flight: tuple[Any, list[Any], list[tuple[Any, int]]] | None = None
 
     def new_store_id(self, *, replacing: str | None = None) -> str:
         """The cluster's store id: made by the first node to ask, read by
@@ -545,18 +545,19 @@ class RedisBackend:
         rooms, places = self._queue(lambda key: pipe)
         if self.wait_replicas > 0:
             pipe.execute_command("WAIT", self.wait_replicas, WAIT_MS)
-        conn = None
         try:
             if pipe.scripts:
-                pipe.load_scripts()
-            conn = self.r.connection_pool.get_connection()
+                pipe.load_scripts()  # (on the pipeline's connection, kept till its reset)
+            if pipe.connection is None:
+                pipe.connection = self.r.connection_pool.get_connection()
+            conn = pipe.connection
             conn.send_packed_command(conn.pack_commands([a for a, _ in pipe.command_stack]))
         except REDIS_ERRORS as err:
-            if conn is not None:
-                conn.disconnect()
-                self.r.connection_pool.release(conn)
+            if pipe.connection is not None:
+                pipe.connection.disconnect()
+            pipe.reset()  # (gives the connection back)
             raise self._failed(err) from None
-        self._flight = (pipe, conn, rooms, places)
+        self._flight = (pipe, rooms, places)
         self._events = {}
 
     def receive(self) -> None:
@@ -568,8 +569,9 @@ class RedisBackend:
                 goes back before what collected since, for the next commit.
         """
         assert self._flight is not None
-        pipe, conn, rooms, places = self._flight
+        pipe, rooms, places = self._flight
         self._flight = None
+        conn = pipe.connection
         self.results = {}
         read = False
         try:
@@ -599,7 +601,7 @@ class RedisBackend:
                 self._events.setdefault(room, []).extend(events)
             raise self._failed(err) from None
         finally:
-            self.r.connection_pool.release(conn)
+            pipe.reset()  # (gives the connection back)
         self._found(rooms, places, {id(pipe): answers})
 
     @property
@@ -615,10 +617,10 @@ class RedisBackend:
         """Forget what the batch added and no commit took: the node starts
         over on a store that lost its state (none of it was acknowledged)."""
         if self._flight is not None:
-            _, conn, _, _ = self._flight
+            pipe = self._flight[0]
             self._flight = None
-            conn.disconnect()  # (its answers are never read)
-            self.r.connection_pool.release(conn)
+            pipe.connection.disconnect()  # (its answers are never read)
+            pipe.reset()
         self._events.clear()
         self._topics.clear()
         self._rules.clear()
@@ -633,7 +635,7 @@ class RedisBackend:
     def room_state(self, room: str) -> RoomState | None:
         pending = self._events.get(room)
         if not pending and self._flight is not None:
-            pending = dict(self._flight[2]).get(room)
+            pending = dict(self._flight[1]).get(room)
         seq_b, topic_b = self.r.hmget(room_key(room, "meta"), ["seq", "topic"])
         topic = self._topics.get(room, topic_b.decode() if topic_b else "")
         if pending:

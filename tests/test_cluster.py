@@ -606,7 +606,7 @@ def test_a_batch_whose_answers_were_lost_is_sent_again_and_stored_once(redis_ser
         assert backend.room_state("r") is not None and backend.room_state("r").last_seq == 5
         # Redis ran it, but the node never reads the answers.
         wait_until(lambda: r.hget("zchat:{r}:meta", "seq") == b"3", 10, "the batch to be run")
-        backend._flight[1].disconnect()  # type: ignore[index]
+        backend._flight[0].connection.disconnect()  # type: ignore[index]
         with pytest.raises(StoreFull):
             backend.receive()
         assert not backend.in_flight and not backend.can_send()
