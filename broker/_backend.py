@@ -226,3 +226,6 @@ class Directory(Protocol):
 
     def take_held(self, key: str) -> list[bytes]:
         """The private messages waiting for ``key``, taken out."""
+
+    def wall(self, frame: bytes) -> None:
+        """Publish a server notice (``frame``) to the clients of every node."""

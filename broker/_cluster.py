@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import redis
 
-from messages import Ack, Joined, decode_reply, encode
+from messages import NOTICE_TOPIC, Ack, Joined, decode_reply, encode
 
 from ._backend import SessionRecord
 from ._config import wildcard_host
@@ -148,6 +148,10 @@ local frames = {}
 for i, e in ipairs(entries) do frames[i] = e[2][2] end
 return frames
 """
+
+# A server notice on the events channel, for every node to publish: the
+# events are JSON objects, so this can be told from them by its first byte.
+NOTICE_PREFIX = b"notice "
 
 
 def _held_stream(key: str) -> str:
@@ -269,6 +273,8 @@ class Cluster:
                 if msg["channel"] == EVENTS_CHANNEL:
                     if data.startswith(b"{"):
                         self._relay(core, data.split(b"\n"), publish)
+                    elif data.startswith(NOTICE_PREFIX):
+                        publish(NOTICE_TOPIC, data[len(NOTICE_PREFIX) :])
                 elif data.startswith(b"pm "):
                     s = core.nicks.get(data[3:].decode())
                     if s is not None:
@@ -544,6 +550,10 @@ class Cluster:
             args=[frame, PREFIX + "node:", b"pm " + key.encode()],
             client=pipe,
         )
+
+    def wall(self, frame: bytes) -> None:
+        # With the batch: every node (this one too) publishes it on hearing it.
+        self.backend.ops.append(("publish", EVENTS_CHANNEL, NOTICE_PREFIX + frame))
 
     def take_held(self, key: str) -> list[bytes]:
         """The private messages waiting for ``key`` in Redis, taken out."""

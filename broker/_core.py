@@ -1801,7 +1801,10 @@ class Core:
 
     def _wall(self, s: Session, req: Wall, now: float, out: Outbox) -> None:
         self._server_only(s, "send server notices")
-        self.notice(f"[{s.nick}] {req.text}", out)
+        if self.directory is not None:
+            self.directory.wall(encode(Notice(text=f"[{s.nick}] {req.text}")))
+        else:
+            self.notice(f"[{s.nick}] {req.text}", out)
         out.reply(s.ident, Ack(id=req.id, ts=format_ts(now)))
 
     def _release_nick(self, s: Session, req: Release, now: float, out: Outbox) -> None:

@@ -173,10 +173,21 @@ def test_the_antiflood_bot_mutes_a_flooder_and_not_the_polite(broker: Broker) ->
 
 
 def test_moderation_is_shared_by_the_nodes_of_a_cluster(
-    make_broker: Callable[..., Broker], redis_server: Any
+    make_broker: Callable[..., Broker], redis_server: Any, tmp_path: Path
 ) -> None:
+    secret = tmp_path / "oper.txt"
+    secret.write_text(PASSWORD + "\n")
     a, b = (
-        make_broker("--cluster", redis_server.url, "--timeout-ms", "3000", "--heartbeat-ms", "500")
+        make_broker(
+            "--cluster",
+            redis_server.url,
+            "--timeout-ms",
+            "3000",
+            "--heartbeat-ms",
+            "500",
+            "--oper-password-file",
+            str(secret),
+        )
         for _ in range(2)
     )
 
@@ -204,6 +215,12 @@ def test_moderation_is_shared_by_the_nodes_of_a_cluster(
             with pytest.raises(RequestRefused, match="banned"):
                 await bob.join("ops")
             assert (await carol.who("ops")).users[0].role == "owner"
+            # A server notice from node a reaches the clients of node b too.
+            await alice.oper(PASSWORD)
+            await alice.wall("the cluster restarts at noon")
+            for c in (carol, alice):
+                got = await until(c, lambda i: isinstance(i, Notice))
+                assert got.text == "[alice] the cluster restarts at noon"
 
     run(body(), 60)
 
