@@ -222,6 +222,7 @@ class Cluster:
         self._probe_sent: float | None = None
         self._probes = 0
         self._heard = time.monotonic()
+        self._verify = False  # (see _verify_sessions)
         self.nodes: list[str] = []
         self._renew(time.time(), None)  # listed before the first welcome
         self.reconnects = 0
@@ -335,6 +336,9 @@ class Cluster:
     def _reconnect(self, core: Core, publish: Callable[[bytes, bytes], None], why: str) -> None:
         log.warning("the Redis subscription was lost (%s); connecting again", why)
         self.reconnects += 1
+        # What came on the node's channel meanwhile ("moved", "pm") is gone:
+        # the next tick asks Redis instead.
+        self._verify = True
         try:
             self._subscribe()
             for room in list(core.rooms.values()):
@@ -367,9 +371,31 @@ class Cluster:
                     self.store_lost = True
                     return
             self._renew(now, core)
+            if self._verify:
+                self._verify_sessions(now, core, out)
             self._reap_due(now, core, out)
         except REDIS_ERRORS as err:
             log.warning("cluster upkeep failed: %s", err)
+
+    def _verify_sessions(self, now: float, core: Core, out: Outbox) -> None:
+        """After the subscription was lost: a session taken by another node
+        meanwhile is forgotten here (its "moved" never came: left to time
+        out, it would publish leaves for a client alive elsewhere), and
+        private messages held for this node's sessions are delivered (their
+        "pm" never came)."""
+        mine = list(core.sessions.values())
+        pipe = self.r.pipeline(transaction=False)
+        for s in mine:
+            pipe.hget(session_key(s.key), "node")
+            pipe.get(_held_bytes(s.key))
+        answers = pipe.execute()
+        for s, node, held in zip(mine, answers[::2], answers[1::2], strict=True):
+            if node is not None and node.decode() != self.node:
+                log.warning("%s moved to another node while the subscription was lost", s.nick)
+                core.moved_away(s.key, now)
+            elif held:
+                out.pushes.extend((s.ident, f) for f in self.take_held(s.key))
+        self._verify = False
 
     def _renew(self, now: float, core: Core | None) -> None:
         pipe = self.r.pipeline(transaction=False)

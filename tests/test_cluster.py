@@ -693,3 +693,41 @@ def test_a_body_is_stored_with_the_seq_redis_gave_it(redis_server: Any) -> None:
                 assert msgspec.json.decode(fields[b"e"])["seq"] == int(eid.split(b"-")[0])
     finally:
         backend.close()
+
+
+def test_what_a_lost_subscription_missed_is_asked_of_redis(redis_server: Any) -> None:
+    """A "moved" or "pm" that came while the node's subscription was down
+    is never heard: after it reconnects, the node asks Redis whether its
+    sessions are still its own, and for private messages held for them."""
+    import time
+
+    import messages as m
+    from broker import Config, Core, Outbox
+    from broker._cluster import Cluster, session_key
+
+    backend = RedisBackend(redis_server.url, node="n1")
+    cluster = Cluster(backend, node="n1", endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+    try:
+        core = Core(Config(), backend, directory=cluster)
+        now = time.time()
+        out = Outbox()
+        core.handle(b"a", m.Hello(nick="alice"), now, out, addr="127.0.0.1")
+        core.handle(b"a", m.Join(room="dev"), now, out, addr="127.0.0.1")
+        core.handle(b"b", m.Hello(nick="bob"), now, out, addr="127.0.0.1")
+        backend.commit()
+        r = redis_server.client()
+        r.client_kill_filter(_type="pubsub")  # the subscription is lost...
+        r.hset(session_key("alice"), "node", "n2")  # ...alice is taken over meanwhile...
+        cluster.deliver("n1", "bob", m.encode(m.PmPush(from_="carol", to="bob", text="hi", ts="x")))
+        backend.commit()  # ...and bob gets a pm: the "moved" and "pm" go to nobody
+        out = Outbox()
+        cluster.pump(core, out, lambda topic, body: None)  # finds the connection gone
+        assert cluster.reconnects == 1
+        cluster._next_tick = 0.0
+        cluster.tick(now + 1, core, out, lambda topic, body: None)
+        assert "alice" not in core.nicks and "dev" not in core.rooms  # no leave to come
+        assert [(to, m.decode_reply(f).text) for to, f in out.pushes] == [(b"b", "hi")]
+        assert "bob" in core.nicks
+    finally:
+        cluster.ps.close()
+        backend.close()
