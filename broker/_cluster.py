@@ -149,6 +149,9 @@ for i, e in ipairs(entries) do frames[i] = e[2][2] end
 return frames
 """
 
+# Events read from a room's stream at a time, to fill a gap.
+FILL_PAGE = 1000
+
 # A server notice on the events channel, for every node to publish: the
 # events are JSON objects, so this can be told from them by its first byte.
 NOTICE_PREFIX = b"notice "
@@ -325,13 +328,19 @@ class Cluster:
     def _fill(
         self, core: Core, room: Any, upto: int | None, publish: Callable[[bytes, bytes], None]
     ) -> None:
-        for seq, body in self.backend.log_range(room.name, room.published, upto):
-            publish(room.pub_topic, body)
-            room.published = seq
-            self.repaired += 1
-            if seq > room.seq:
-                room.seq = seq
-            core.relayed(room.name, body)
+        # A page at a time: after a long loss of the subscription the gap
+        # may hold more than the node should read into memory at once.
+        while True:
+            page = self.backend.log_range(room.name, room.published, upto, count=FILL_PAGE)
+            for seq, body in page:
+                publish(room.pub_topic, body)
+                room.published = seq
+                self.repaired += 1
+                if seq > room.seq:
+                    room.seq = seq
+                core.relayed(room.name, body)
+            if len(page) < FILL_PAGE:
+                return
 
     def _reconnect(self, core: Core, publish: Callable[[bytes, bytes], None], why: str) -> None:
         log.warning("the Redis subscription was lost (%s); connecting again", why)

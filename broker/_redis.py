@@ -718,12 +718,15 @@ class RedisBackend:
         found.reverse()
         return Page(found, True, None, before=int(hi[1:].partition("-")[0]))
 
-    def log_range(self, room: str, after: int, upto: int | None) -> list[tuple[int, bytes]]:
-        """The stored events of ``room`` past ``after`` up to ``upto`` (or the end)."""
+    def log_range(
+        self, room: str, after: int, upto: int | None, *, count: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """The stored events of ``room`` past ``after`` up to ``upto`` (or the
+        end), the first ``count`` of them when given."""
         hi = f"{upto}-0" if upto is not None else "+"
         return [
             (_seq_of(eid), fields[b"e"])
-            for eid, fields in self.r.xrange(room_key(room, "log"), f"({after}-0", hi)
+            for eid, fields in self.r.xrange(room_key(room, "log"), f"({after}-0", hi, count=count)
         ]
 
     def recent_events(self, since: float) -> Iterator[bytes]:

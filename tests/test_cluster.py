@@ -731,3 +731,38 @@ def test_what_a_lost_subscription_missed_is_asked_of_redis(redis_server: Any) ->
     finally:
         cluster.ps.close()
         backend.close()
+
+
+def test_a_gap_is_filled_a_page_at_a_time(redis_server: Any, monkeypatch: Any) -> None:
+    import time
+
+    import broker._cluster as bc
+    from broker import Config, Core
+
+    monkeypatch.setattr(bc, "FILL_PAGE", 7)
+    backend = RedisBackend(redis_server.url, node="n1")
+    cluster = bc.Cluster(backend, node="n1", endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+    try:
+        for seq in range(1, 31):
+            backend.add("r", seq, _say(seq, "a", f"g{seq}"), time.time())
+        backend.commit()
+        core = Core(Config(), backend, directory=cluster)
+        room = core._room("r")
+        room.published = 0
+        calls: list[int] = []
+        real = backend.log_range
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            calls.append(kw.get("count"))
+            return real(*args, **kw)
+
+        monkeypatch.setattr(backend, "log_range", counted)
+        sent: list[int] = []
+        cluster._fill(
+            core, room, None, lambda topic, body: sent.append(msgspec.json.decode(body)["seq"])
+        )
+        assert sent == list(range(1, 31))
+        assert calls == [7] * 5  # four full pages and a short one
+    finally:
+        cluster.ps.close()
+        backend.close()
