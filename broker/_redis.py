@@ -240,6 +240,10 @@ def connect(url: str, *, cluster: bool = False) -> Any:
     return redis.Redis.from_url(url, **kwargs)
 
 
+def _has_password(url: str) -> bool:
+    return bool(urllib.parse.urlsplit(url).password or os.environ.get("ZCHAT_REDIS_PASSWORD"))
+
+
 def describe(url: str) -> str:
     """``url`` without its password, for logs."""
     parts = urllib.parse.urlsplit(url)
@@ -276,7 +280,14 @@ class RedisBackend:
             self.durability = self._durability()
         except redis.RedisError as err:
             self.r.close()
-            raise StoreError(f"cannot use Redis at {describe(url)}: {err}") from None
+            text = str(err)
+            if isinstance(err, redis.AuthenticationError) or "authenticat" in text.lower():
+                text = (
+                    "it asks for a password, and "
+                    + ("the one given is wrong" if _has_password(url) else "none was given")
+                    + " (redis://:PASSWORD@HOST:PORT/DB, or ZCHAT_REDIS_PASSWORD)"
+                )
+            raise StoreError(f"cannot use Redis at {describe(url)}: {text}") from None
         self._append = self.r.register_script(_APPEND)
         self.failed = False
         self._serial = 0

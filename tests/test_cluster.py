@@ -766,3 +766,26 @@ def test_a_gap_is_filled_a_page_at_a_time(redis_server: Any, monkeypatch: Any) -
     finally:
         cluster.ps.close()
         backend.close()
+
+
+def test_the_redis_password_comes_from_the_environment(
+    make_broker: Callable[..., Broker], redis_server: Any, monkeypatch: Any
+) -> None:
+    r = redis_server.client()
+    r.config_set("requirepass", "s3cret-redis-pass")
+    r.close()
+    # Without it the node says why and exits, rather than serve without Redis.
+    with pytest.raises(AssertionError, match="asks for a password, and none was given"):
+        make_broker("--cluster", redis_server.url)
+    monkeypatch.setenv("ZCHAT_REDIS_PASSWORD", "not-the-password")
+    with pytest.raises(AssertionError, match="asks for a password, and the one given is wrong"):
+        make_broker("--cluster", redis_server.url)
+    monkeypatch.setenv("ZCHAT_REDIS_PASSWORD", "s3cret-redis-pass")
+    a = make_broker("--cluster", redis_server.url)
+
+    async def body() -> None:
+        async with Client(a.endpoint, "alice") as alice:
+            ack = await alice.say("general", "behind a password")
+            assert ack.seq is not None and ack.seq >= 1
+
+    run(body())
