@@ -65,6 +65,12 @@ def main(argv: Sequence[str]) -> int:
         help="the file the bot's state is kept in (default: FILE.state.json beside a bot "
         "file; $XDG_DATA_HOME/zchat/bots/NICK.state.json for a shipped bot)",
     )
+    p.add_argument(
+        "--oper-password-file",
+        metavar="FILE",
+        help="become a server operator with the password on the first line of FILE "
+        "(a broker's --oper-password-file), to moderate every room",
+    )
     args = p.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(message)s"))
@@ -79,6 +85,14 @@ def main(argv: Sequence[str]) -> int:
         bot.rooms = args.room
     if args.state:
         bot.state_path = args.state
+    if args.oper_password_file:
+        try:
+            lines = Path(args.oper_password_file).read_text().splitlines()
+        except OSError as err:
+            return fail(PROG, f"cannot read {args.oper_password_file}: {err.strerror}", 2)
+        if not lines or not lines[0].strip():
+            return fail(PROG, f"{args.oper_password_file} holds no password", 2)
+        bot.oper_password = lines[0].strip()
 
     async def body() -> int:
         try:

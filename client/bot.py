@@ -436,6 +436,9 @@ class Bot:
         self.prefix = prefix
         self.state_path = state_path
         self.nick_wait = nick_wait
+        # The broker's operator password, given once connected (see
+        # Client.oper); ``zchat bot --oper-password-file`` sets it.
+        self.oper_password: str | None = None
         self.client: Client | None = None
         self.state = BotState()
         self.errors = 0
@@ -588,6 +591,10 @@ class Bot:
                 await client.start(timeout=timeout, nick_wait=self.nick_wait)
             self.client = client
             self._keep_session(client)
+            if self.oper_password is not None:
+                # A server operator: it moderates every room (given again by
+                # the client after each reconnect).
+                await client.oper(self.oper_password)
             log.info("%s is in %s", client.nick, ", ".join("#" + r for r in client.rooms))
             await client.offer_commands(self.commands)
             for fn in self._on_start:

@@ -4,7 +4,10 @@ terminal's commands, and a cluster of nodes sharing the rules."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from client._tui_complete import ChatCompleter
 from client.bots import antiflood
 from messages import LeaveEvent, ModeEvent, MsgEvent, Notice
 
-from .helpers import Broker, run, wait_until
+from .helpers import ROOT, Broker, run, wait_until
 from .test_commands import Screen, chat, next_of
 
 PASSWORD = "open sesame, please"
@@ -272,3 +275,43 @@ def test_the_terminal_commands_moderate_and_refuse_mistypes(
                 ]
 
     run(body())
+
+
+def test_zchat_bot_antiflood_as_a_server_operator(
+    make_broker: Callable[..., Broker], tmp_path: Path
+) -> None:
+    """``zchat bot antiflood --oper-password-file``: an operator of every
+    room, it needs no /op in a room it was just asked into."""
+    secret = tmp_path / "oper.txt"
+    secret.write_text(PASSWORD + "\n")
+    b = make_broker("--oper-password-file", str(secret), "--timeout-ms", "3000")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        XDG_DATA_HOME=str(tmp_path),
+        XDG_CONFIG_HOME="/nonexistent-zchat-test",
+        ZCHAT_FLOOD_LINES="3",
+    )
+    cmd = [sys.executable, "-m", "client", "bot", "antiflood", "--connect", b.endpoint]
+    cmd += ["--room", "busy", "--oper-password-file", str(secret)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+
+        async def body() -> None:
+            async with (
+                Client(b.endpoint, "alice", rooms=["busy"]) as alice,
+                Client(b.endpoint, "flooder", rooms=["busy"]) as flooder,
+            ):
+                while "antiflood" not in [u.nick for u in (await alice.who("busy")).users]:
+                    await asyncio.sleep(0.05)
+                for i in range(4):
+                    await flooder.say("busy", f"spam {i}")
+                muted = await until(alice, lambda i: isinstance(i, ModeEvent), 20)
+                assert (muted.nick, muted.mode, muted.target) == ("antiflood", "mute", "flooder")
+                assert "more than 3 lines" in (muted.text or "")
+
+        run(body(), 60)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert b"Traceback" not in out, out.decode()
