@@ -315,9 +315,15 @@ async def _ban(ui: ChatUI, rest: str) -> bool:
         match = words.pop(0)[1:]
     if not words:
         raise Usage()
+    room = None
+    if words[0] == "*":  # (server operators) the whole server
+        words.pop(0)
+        room = "*"
+        if not words or ":" not in words[0]:
+            raise Usage("a ban of the server takes a mask: nick:NAME, key:KEY, addr:ADDRESS")
     who = words.pop(0)
     seconds, reason = _lasting(words)
-    room = _here(ui)
+    room = room or _here(ui)
     if ":" in who:
         if match is not None:
             raise Usage("-key and -addr go with a nick, not a mask")
@@ -331,10 +337,13 @@ async def _ban(ui: ChatUI, rest: str) -> bool:
 
 async def _unban(ui: ChatUI, rest: str) -> bool:
     words = rest.split()
+    room = None
+    if len(words) == 2 and words[0] == "*":
+        room = words.pop(0)
     if len(words) != 1:
         raise Usage()
     mask = words[0] if ":" in words[0] else f"nick:{_nick_word(words[0])}"
-    await ui.client.unban(_here(ui), mask)
+    await ui.client.unban(room or _here(ui), mask)
     return True
 
 
@@ -443,10 +452,11 @@ COMMANDS: tuple[Command, ...] = (
         "ban",
         "[-key|-addr] NICK|MASK [DURATION] [REASON]",
         "keep NICK (or their key, their address; or a mask like addr:10.0.0.0/8) out "
-        "of the room, for a DURATION like 10m, 2h, 7d, or for good",
+        "of the room, for a DURATION like 10m, 2h, 7d, or for good; /ban * MASK: "
+        "out of the server (server operators)",
         _ban,
     ),
-    Command("unban", "NICK|MASK", "lift a ban (/bans lists them)", _unban),
+    Command("unban", "[*] NICK|MASK", "lift a ban (/bans lists them; *: the server's)", _unban),
     Command("mute", "NICK [DURATION] [REASON]", "NICK reads but may not speak here", _mute),
     Command("unmute", "NICK", "let NICK speak again", _role_command("unmute")),
     Command(

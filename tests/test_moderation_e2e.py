@@ -127,6 +127,20 @@ def test_server_operators_by_password(make_broker: Callable[..., Broker], tmp_pa
             await root.kill("mallory", "goodbye")
             await until(alice, lambda i: isinstance(i, LeaveEvent) and i.nick == "mallory")
             assert "mallory" not in [u.nick for u in (await alice.who()).users]
+            # A ban of the whole server, typed in the terminal: refused at hello.
+            screen = Screen(root)
+            assert await screen.ui.handle("/ban * nick:mallory 1d troll") is True
+            assert "error" not in screen.text().lower(), screen.text()
+            with pytest.raises(RequestRefused, match="banned from this server"):
+                async with Client(b.endpoint, "MaIlory", rooms=[]):  # a look-alike
+                    pass
+            listed = await root.bans("*")
+            assert [(x.mask, x.by, x.reason) for x in listed.bans] == [
+                ("nick:mallory", "root", "troll")
+            ]
+            assert await screen.ui.handle("/unban * nick:mallory") is True
+            async with Client(b.endpoint, "mallory", rooms=[]):
+                pass
 
         # The password file is read again on SIGHUP: the old one is no more.
         secret.write_text("a brand new password\n")
