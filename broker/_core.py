@@ -753,7 +753,8 @@ class Core:
                     continue  # this node is full of rooms: the client will see it lost one
                 session.rooms[name] = None
                 room.members[session] = None
-        session.oper = peer_key is not None and peer_key in self.operator_keys
+        # (A session taken back by its token stays an operator by password.)
+        session.oper = session.oper or (peer_key is not None and peer_key in self.operator_keys)
         out.reply(ident, self._welcome(session, req.id))
 
     def hold(self, ident: bytes, push: bytes) -> str | None:
@@ -848,6 +849,9 @@ class Core:
             rules = self._rules_of(room.name)
             if room.seq == 0 and rules.owner is None and not rules.roles and not s.quiet:
                 rules.owner = s.key  # the first to come into a new room
+                self._save_rules(room.name, rules, now)
+            elif s.key in rules.invited:
+                rules.invited.remove(s.key)  # an invitation lets one in once
                 self._save_rules(room.name, rules, now)
             s.rooms[req.room] = None
             room.members[s] = None
@@ -1143,6 +1147,7 @@ class Core:
     def _nick(self, s: Session, req: Nick, now: float, out: Outbox) -> None:
         new_key = nick_key(req.nick)
         self._check_nick_free(s, req.nick, s.peer_key, now)
+        self._may_be_called(s, req.nick, now)
         old = s.nick
         if req.nick != old:
             if self._limited:
@@ -1163,6 +1168,8 @@ class Core:
             if self.claims is not None:
                 self.claims.use(new_key, s.peer_key, now)
             for name in s.rooms:
+                if self.directory is not None:
+                    self.rules_changed(name)  # (as in _moderated_room)
                 rules = self._rules_of(name)
                 if rules.rename(nick_key(old), new_key):
                     self._save_rules(name, rules, now)
@@ -1313,15 +1320,35 @@ class Core:
     def _may_enter(self, s: Session, name: str, now: float) -> None:
         rules = self._rules_of(name)
         role = self._role(s, rules)
-        if role == "server":
+        if may(role, "invite"):
+            # Its operators (and owner) always come in: no operator can lock
+            # out another, or the owner, by a ban of their key or address.
             return
         banned = rules.banned(s.identity(), now)
         if banned is not None:
             raise ProtocolError(Code.FORBIDDEN, f"you are banned from #{name}" + _why(banned))
-        if "invite_only" in rules.modes and s.key not in rules.invited and not may(role, "invite"):
+        if "invite_only" in rules.modes and s.key not in rules.invited:
             raise ProtocolError(
                 Code.FORBIDDEN, f"#{name} is invite-only: ask one of its operators to invite you"
             )
+
+    def _may_be_called(self, s: Session, nick: str, now: float) -> None:
+        """A nick banned from the server, or from a room the session is in
+        (that it may not enter under it), is refused, not taken."""
+        if s.oper:
+            return
+        who = Identity(nick, s.peer_key, s.addr.name)
+        banned = self._server_rules().banned(who, now)
+        if banned is not None:
+            raise ProtocolError(Code.FORBIDDEN, f"{nick} is banned from this server" + _why(banned))
+        for name in s.rooms:
+            rules = self._rules_of(name)
+            if not may(self._role(s, rules), "invite"):
+                banned = rules.banned(who, now)
+                if banned is not None:
+                    raise ProtocolError(
+                        Code.FORBIDDEN, f"{nick} is banned from #{name}" + _why(banned)
+                    )
 
     def _may_speak(self, s: Session, name: str, now: float) -> None:
         rules = self._rules_of(name)
@@ -1339,6 +1366,10 @@ class Core:
         if name not in s.rooms and not s.oper:
             raise ProtocolError(Code.NOT_IN_ROOM, f"you are not in #{name}; join it first")
         room = self._room(name)
+        if self.directory is not None:
+            # Changed from what the store holds now, not from what this node
+            # read last: another node may have changed it since.
+            self.rules_changed(name)
         rules = self._rules_of(name)
         role = self._role(s, rules)
         if not may(role, action):
@@ -1410,7 +1441,8 @@ class Core:
         self._done_with(room)
         self._acked(s, rid, Ack(id=rid, room=room.name, seq=room.seq, ts=format_ts(now)), now, out)
 
-    def _room_space(self, rules: Rules, name: str) -> None:
+    def _room_space(self, rules: Rules, name: str, now: float) -> None:
+        rules.prune(now)  # what has lapsed takes no room
         if rules.size() >= self.config.max_moderation:
             raise ProtocolError(
                 Code.LIMIT_REACHED,
@@ -1434,11 +1466,15 @@ class Core:
                 self._unchanged(s, req.id, room, now, out)  # as much or more already
                 return
             if key not in rules.roles:
-                self._room_space(rules, room.name)
+                self._room_space(rules, room.name, now)
         else:
             undo = "op" if action == "deop" else "voice"
             if was == "owner" and action == "deop":
-                rules.owner = None  # only a server operator gets here
+                if not s.oper:
+                    # An owner's own deop would leave the room with none.
+                    self._unchanged(s, req.id, room, now, out)
+                    return
+                rules.owner = None
             elif was != undo:
                 self._unchanged(s, req.id, room, now, out)
                 return
@@ -1472,7 +1508,7 @@ class Core:
             self._unchanged(s, req.id, room, now, out)
             return
         try:
-            self._room_space(rules, room.name)
+            self._room_space(rules, room.name, now)
         except ProtocolError:
             self._done_with(room)
             raise
@@ -1587,7 +1623,7 @@ class Core:
                         f"you may not ban {mask} from #{room.name}: it covers someone {target}",
                     )
             if not any(b.mask == mask for b in rules.bans):
-                self._room_space(rules, room.name)
+                self._room_space(rules, room.name, now)
         except ProtocolError:
             self._done_with(room)
             raise
@@ -1608,7 +1644,7 @@ class Core:
             raise ProtocolError(Code.FORBIDDEN, "only server operators ban from the server")
         rules = self._server_rules()
         if not any(b.mask == entry.mask for b in rules.bans):
-            self._room_space(rules, "*")
+            self._room_space(rules, "*", now)
         rules.bans = [b for b in rules.bans if b.mask != entry.mask] + [entry]
         self._save_rules(SERVER_ROOM, rules, now)
         for t in [t for t in self.sessions.values() if t.identity().matches(entry.mask)]:
@@ -1646,7 +1682,7 @@ class Core:
             key = self._check_target(s, role, "mute", req.nick, rules, room.name)
             mask = f"nick:{key}"
             if not any(m.mask == mask for m in rules.mutes):
-                self._room_space(rules, room.name)
+                self._room_space(rules, room.name, now)
         except ProtocolError:
             self._done_with(room)
             raise
@@ -1723,32 +1759,37 @@ class Core:
         def ts(at: float | None) -> str | None:
             return None if at is None else format_ts(at)
 
+        bans = [
+            BanInfo(mask=b.mask, by=b.by, ts=format_ts(b.at), until=ts(b.until), reason=b.reason)
+            for b in rules.bans
+            if b.live(now)
+        ]
+        mutes = [
+            MuteInfo(
+                nick=m.mask[5:], by=m.by, ts=format_ts(m.at), until=ts(m.until), reason=m.reason
+            )
+            for m in rules.mutes
+            if m.live(now)
+        ]
+        reply = BansReply(
+            id=req.id,
+            room=req.room,
+            bans=[],
+            mutes=[],
+            roles=listed(rules.roles, rules.owner),
+            modes=list(rules.modes),
+            invited=list(rules.invited),
+        )
+        # Within a reply's bound: the newest bans and mutes, and ``more``
+        # when older ones were left out (reasons make entries up to 500 bytes).
+        budget = self._page - len(encode(reply))
+        kept_bans, budget = _newest(bans, budget)
+        kept_mutes, budget = _newest(mutes, budget)
+        more = len(kept_bans) < len(bans) or len(kept_mutes) < len(mutes)
         out.reply(
             s.ident,
-            BansReply(
-                id=req.id,
-                room=req.room,
-                bans=[
-                    BanInfo(
-                        mask=b.mask, by=b.by, ts=format_ts(b.at), until=ts(b.until), reason=b.reason
-                    )
-                    for b in rules.bans
-                    if b.live(now)
-                ],
-                mutes=[
-                    MuteInfo(
-                        nick=m.mask[5:],
-                        by=m.by,
-                        ts=format_ts(m.at),
-                        until=ts(m.until),
-                        reason=m.reason,
-                    )
-                    for m in rules.mutes
-                    if m.live(now)
-                ],
-                roles=listed(rules.roles, rules.owner),
-                modes=list(rules.modes),
-                invited=list(rules.invited),
+            msgspec.structs.replace(
+                reply, bans=kept_bans, mutes=kept_mutes, more=True if more else None
             ),
         )
 
@@ -1801,11 +1842,13 @@ class Core:
 
     def _wall(self, s: Session, req: Wall, now: float, out: Outbox) -> None:
         self._server_only(s, "send server notices")
+        if self._repeat(s, req.id, out):
+            return
         if self.directory is not None:
             self.directory.wall(encode(Notice(text=f"[{s.nick}] {req.text}")))
         else:
             self.notice(f"[{s.nick}] {req.text}", out)
-        out.reply(s.ident, Ack(id=req.id, ts=format_ts(now)))
+        self._acked(s, req.id, Ack(id=req.id, ts=format_ts(now)), now, out)
 
     def _release_nick(self, s: Session, req: Release, now: float, out: Outbox) -> None:
         self._server_only(s, "release nicks")
@@ -1866,7 +1909,11 @@ class Core:
         """An event of ``name`` published by a node of the cluster (this one
         or another): a moderation change is read again; a session of this
         node put out of the room by another node leaves it here too."""
-        if body.startswith(b'{"type":"mode"'):
+        if body.startswith((b'{"type":"mode"', b'{"type":"nick"')) or body.startswith(
+            b'{"type":"join","room":"%s","seq":1,' % name.encode()
+        ):
+            # A moderation change, a rename (roles and mutes follow nicks)
+            # or a room's first join (its owner): read the room's again.
             self.rules_changed(name)
         elif body.startswith(b'{"type":"leave"') and b'"reason":"kick"' in body:
             ev = decode_event(body)
@@ -1981,6 +2028,23 @@ def _fit(names: list[str], budget: int) -> list[str]:
         if used > budget:
             return names[:i]
     return names
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def _newest(entries: list[S], budget: int) -> tuple[list[S], int]:
+    """The newest of ``entries`` (oldest first) that ``budget`` bytes
+    hold, oldest first, and the budget left."""
+    kept: list[S] = []
+    for entry in reversed(entries):
+        size = len(encode(entry)) + 1
+        if size > budget:
+            break
+        kept.append(entry)
+        budget -= size
+    kept.reverse()
+    return kept, budget
 
 
 def _because(reason: str | None) -> str:

@@ -17,6 +17,7 @@ anyone who made a room, so the lists are a client's to fill.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
@@ -154,16 +155,25 @@ class Identity:
             return self.key is not None and value == self.key
         if kind == "addr":
             # An IPv6 client is known by its /64 (see _config.address_key).
-            try:
-                mine = ipaddress.ip_network(self.addr, strict=False)
-                theirs = ipaddress.ip_network(value)
-            except ValueError:
+            mine, theirs = _network(self.addr), _network(value)
+            if mine is None or theirs is None or mine[0] != theirs[0]:
                 return False
-            return mine.version == theirs.version and (
-                mine.subnet_of(theirs)  # type: ignore[arg-type]
-                or theirs.subnet_of(mine)  # type: ignore[arg-type]
-            )
+            # One holds the other when they agree on the shorter prefix.
+            shift = mine[0] - min(mine[2], theirs[2])
+            return mine[1] >> shift == theirs[1] >> shift
         return False
+
+
+@functools.lru_cache(maxsize=8192)
+def _network(text: str) -> tuple[int, int, int] | None:
+    """``text`` as (bits, network as an int, prefix length), parsed once: a
+    join is checked against every address ban of its room (up to
+    --max-moderation of them), in integers."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+    return net.max_prefixlen, int(net.network_address), net.prefixlen
 
 
 _decode = msgspec.json.Decoder(Rules).decode

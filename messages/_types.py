@@ -683,6 +683,8 @@ class BansReply(_Reply, tag="bans", kw_only=True, frozen=True):
     roles: dict[str, str]
     modes: list[str]
     invited: list[str]
+    # Older bans or mutes were left out to keep the reply within its bound.
+    more: bool | None = None
 
 
 class PmPush(_Msg, tag="pm", kw_only=True, frozen=True):

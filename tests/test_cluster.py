@@ -789,3 +789,51 @@ def test_the_redis_password_comes_from_the_environment(
             assert ack.seq is not None and ack.seq >= 1
 
     run(body())
+
+
+def test_a_node_changes_a_rooms_moderation_from_what_redis_holds(redis_server: Any) -> None:
+    """Two nodes: a rename on one moves a mute to the new nick; the other,
+    which read the room's moderation before, must not write its old copy
+    back when it changes something else (the mute would go back to a nick
+    nobody has)."""
+    import time
+
+    import messages as m
+    from broker import Config, Core, Outbox
+    from broker._cluster import Cluster
+
+    made = []
+    try:
+        cores = []
+        for node in ("n1", "n2"):
+            backend = RedisBackend(redis_server.url, node=node)
+            cluster = Cluster(backend, node=node, endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+            made.append((backend, cluster))
+            cores.append(Core(Config(), backend, directory=cluster))
+        (b1, _), (b2, _) = made
+        a, b = cores
+        now = time.time()
+
+        def do(core: Core, backend: RedisBackend, ident: bytes, req: Any) -> Any:
+            out = Outbox()
+            core.handle(ident, req, now, out, addr="127.0.0.1")
+            backend.commit()
+            return m.decode_reply((out.free + out.replies)[0][1])
+
+        do(a, b1, b"o", m.Hello(nick="own"))
+        do(a, b1, b"o", m.Join(room="r"))
+        do(a, b1, b"x", m.Hello(nick="mal"))
+        do(a, b1, b"x", m.Join(room="r"))
+        do(b, b2, b"c", m.Hello(nick="carol"))
+        do(b, b2, b"c", m.Join(room="r"))  # node 2 reads the room's moderation
+        assert isinstance(do(a, b1, b"o", m.Mute(room="r", nick="mal")), m.Ack)
+        assert isinstance(do(a, b1, b"x", m.Nick(nick="mal2")), m.NickReply)
+        do(a, b1, b"o", m.Op(room="r", nick="carol"))
+        assert isinstance(do(b, b2, b"c", m.Voice(room="r", nick="dave")), m.Ack)
+        stored = msgspec.json.decode(redis_server.client().get("zchat:{r}:rules"))
+        assert [x["mask"] for x in stored["mutes"]] == ["nick:mal2"]
+        assert stored["roles"] == {"carol": "op", "dave": "voice"}
+    finally:
+        for backend, cluster in made:
+            cluster.ps.close()
+            backend.close()

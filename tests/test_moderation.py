@@ -441,3 +441,75 @@ def test_password_guesses_are_logged_a_line_in_ten_seconds(
         "1 wrong operator password, the last from guesser (127.0.0.1)",
         "50 wrong operator passwords, the last from guesser (127.0.0.1)",
     ]
+
+
+# ------------------------------------------------- found in review
+
+
+def test_no_operator_locks_out_the_owner_or_another_operator() -> None:
+    w = world()
+    join_as(w, b"o", "own", addr="10.0.0.1")
+    join_as(w, b"p", "op1", addr="10.0.0.2")
+    assert ok(w.ask(b"o", m.Op(room="r", nick="op1")))
+    w.ask(b"o", m.Part(room="r"))
+    assert ok(w.ask(b"p", m.Ban(room="r", mask="addr:10.0.0.1")))  # no one here it covers
+    assert ok(w.ask(b"p", m.Ban(room="r", mask="nick:ovvn")))  # a look-alike of "own"
+    assert ok(w.ask(b"p", m.Mode(room="r", invite_only=True)))
+    assert isinstance(w.ask(b"o", m.Join(room="r")), m.Joined)  # the owner comes in
+    assert ok(w.ask(b"o", m.Unban(room="r", mask="addr:10.0.0.1")))
+
+
+def test_an_invitation_lets_in_once_and_lapsed_entries_free_room() -> None:
+    w = world(max_moderation=2)
+    join_as(w, b"a", "alice")
+    assert ok(w.ask(b"a", m.Mode(room="r", invite_only=True)))
+    assert ok(w.ask(b"a", m.Invite(room="r", nick="bob")))
+    assert ok(w.ask(b"a", m.Ban(room="r", mask="addr:192.0.2.1", duration_s=60)))
+    assert w.ask(b"a", m.Mute(room="r", nick="carol")).code == "limit_reached"
+    join_as(w, b"b", "bob")  # uses the invitation
+    w.ask(b"b", m.Part(room="r"))
+    assert w.ask(b"b", m.Join(room="r")).code == "forbidden"  # once only
+    w.now += 61  # the ban lapsed: room for a mute
+    assert ok(w.ask(b"a", m.Mute(room="r", nick="carol")))
+    assert ok(w.ask(b"a", m.Mute(room="r", nick="dave")))
+
+
+def test_a_long_ban_list_is_cut_to_a_reply_newest_first() -> None:
+    w = world(max_reply_bytes=16_384, rate=0)
+    join_as(w, b"a", "alice")
+    for i in range(100):
+        assert ok(w.ask(b"a", m.Ban(room="r", mask=f"addr:198.51.100.{i}", reason="x" * 300)))
+    out = Outbox()
+    w.core.handle(b"a", m.Bans(room="r"), w.now, out, addr="127.0.0.1")
+    frame = (out.free + out.replies)[0][1]
+    reply = m.decode_reply(frame)
+    assert len(frame) <= 16_384 and reply.more is True
+    assert 10 < len(reply.bans) < 100 and reply.bans[-1].mask == "addr:198.51.100.99"
+
+
+def test_a_banned_nick_is_not_taken_by_renaming() -> None:
+    w = world()
+    join_as(w, b"root", "root")
+    assert ok(w.ask(b"root", m.Oper(password=PASSWORD)))
+    join_as(w, b"a", "alice")
+    assert ok(w.ask(b"root", m.Ban(room="*", mask="nick:spammer")))
+    assert ok(w.ask(b"root", m.Ban(room="r", mask="nick:troll")))
+    assert w.ask(b"a", m.Nick(nick="spammer")).code == "forbidden"
+    assert w.ask(b"a", m.Nick(nick="tr0ll")).code == "forbidden"  # banned from r, where she is
+    assert isinstance(w.ask(b"a", m.Nick(nick="alicia")), m.NickReply)
+
+
+def test_small_things_the_review_found() -> None:
+    w = world()
+    join_as(w, b"a", "alice")
+    # An owner's own deop changes nothing: a room keeps its owner.
+    assert ok(w.ask(b"a", m.Deop(room="r", nick="alice")))
+    assert w.ask(b"a", m.Bans(room="r")).roles == {"alice": "owner"}
+    # An operator by password stays one when its session is taken back by token.
+    welcome = w.hello(b"x", "root")
+    assert ok(w.ask(b"x", m.Oper(password=PASSWORD)))
+    w.ask(b"y", m.Hello(nick="root", token=welcome.token))
+    assert ok(w.ask(b"y", m.Wall(text="still an operator", id="w1")))
+    # A resent wall is answered, not sent again.
+    sent = w.send(b"y", m.Wall(text="still an operator", id="w1"))
+    assert [type(x).__name__ for _, x in sent] == ["Ack"]
