@@ -109,6 +109,7 @@ from messages import (
     Topic,
     TopicEvent,
     Unban,
+    Uninvite,
     Unmute,
     Voice,
     Wall,
@@ -850,9 +851,6 @@ class Core:
             if room.seq == 0 and rules.owner is None and not rules.roles and not s.quiet:
                 rules.owner = s.key  # the first to come into a new room
                 self._save_rules(room.name, rules, now)
-            elif s.key in rules.invited:
-                rules.invited.remove(s.key)  # an invitation lets one in once
-                self._save_rules(room.name, rules, now)
             s.rooms[req.room] = None
             room.members[s] = None
             if self.directory is not None:
@@ -1518,6 +1516,35 @@ class Core:
         self._tell(key, f"{s.nick} invites you to #{room.name}", out)
         self._done_with(room)
 
+    def _invite_present(self, room: Room, rules: Rules, now: float) -> None:
+        """Who is in a room as it turns invite-only is on its list: they
+        come back into it after a broker restart or a move to another node
+        as anyone invited does (as many as the room's bound holds)."""
+        if self.directory is not None:
+            present = [nick_key(nick) for nick, quiet in self.directory.members(room.name)]
+        else:
+            present = [m.key for m in room.members]
+        rules.prune(now)
+        for key in present:
+            if key not in rules.invited and rules.role(key) == "member":
+                if rules.size() >= self.config.max_moderation:
+                    log.warning("#%s turned invite-only with more members than it lists", room.name)
+                    return
+                rules.invited.append(key)
+
+    def _uninvite(self, s: Session, req: Uninvite, now: float, out: Outbox) -> None:
+        if self._repeat(s, req.id, out):
+            return
+        room, rules, _ = self._moderated_room(s, req.room, "invite")
+        key = nick_key(req.nick)
+        if key not in rules.invited:
+            self._unchanged(s, req.id, room, now, out)
+            return
+        rules.invited.remove(key)
+        self._save_rules(room.name, rules, now)
+        self._mode_event(s, req.id, room, "uninvite", now, out, target=req.nick)
+        self._done_with(room)
+
     def _tell(self, key: str, text: str, out: Outbox) -> None:
         """A notice to the session ``key``, if it is on this node."""
         t = self.nicks.get(key)
@@ -1535,6 +1562,9 @@ class Core:
         except ProtocolError:
             self._done_with(room)
             raise
+        if key in rules.invited:
+            rules.invited.remove(key)  # put out of an invite-only room: not back by itself
+            self._save_rules(room.name, rules, now)
         self._tell(key, f"{s.nick} put you out of #{room.name}" + _because(req.reason), out)
         self._acked(
             s, req.id, Ack(id=req.id, room=room.name, seq=room.seq, ts=format_ts(now)), now, out
@@ -1731,6 +1761,8 @@ class Core:
             rules.modes = [
                 f for f in MODE_FLAGS if (f == flag and on) or (f != flag and f in rules.modes)
             ]
+            if flag == "invite_only" and on:
+                self._invite_present(room, rules, now)
         self._save_rules(room.name, rules, now)
         ack: Ack | None = None
         for flag, on in changes:
@@ -2096,6 +2128,7 @@ _HANDLERS: dict[type, Any] = {
     Voice: Core._voice,
     Devoice: Core._devoice,
     Invite: Core._invite,
+    Uninvite: Core._uninvite,
     Kick: Core._kick,
     Ban: Core._ban,
     Unban: Core._unban,
@@ -2138,6 +2171,7 @@ _COST: dict[type, int] = {
     Voice: 2,
     Devoice: 2,
     Invite: 2,
+    Uninvite: 2,
     Kick: 2,
     Ban: 2,
     Unban: 2,
@@ -2158,5 +2192,5 @@ _FREE = frozenset(
 # What writes to the store, and is refused while it cannot take writes.
 _WRITES = frozenset(
     {Join, Part, Say, Pm, Nick, Topic, Bye, Op, Deop, Voice, Devoice, Invite, Kick, Ban}
-    | {Unban, Mute, Unmute, Mode, Kill}
+    | {Unban, Mute, Unmute, Mode, Kill, Uninvite}
 )

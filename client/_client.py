@@ -848,6 +848,10 @@ class Client:
         """Let ``nick`` join ``room`` while it is invite-only."""
         return await self._moderate(_m.Invite(room=normalize_room(room), nick=nick))
 
+    async def uninvite(self, room: str, nick: str) -> Ack:
+        """Take back ``nick``'s invitation to ``room``."""
+        return await self._moderate(_m.Uninvite(room=normalize_room(room), nick=nick))
+
     async def kick(self, room: str, nick: str, reason: str | None = None) -> Ack:
         """Put ``nick`` out of ``room`` (they may come back)."""
         return await self._moderate(_m.Kick(room=normalize_room(room), nick=nick, reason=reason))

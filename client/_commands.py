@@ -301,10 +301,14 @@ async def _kick(ui: ChatUI, rest: str) -> bool:
 
 
 def _lasting(words: list[str]) -> tuple[int | None, str | None]:
-    """An optional DURATION, then an optional REASON, from ``words``."""
+    """An optional DURATION, then an optional REASON, from ``words``; a
+    first word that starts like a duration must be one (``5x`` is a typo,
+    not a reason for a ban for good)."""
     seconds = duration(words[0]) if words else None
     if seconds is not None:
         words = words[1:]
+    elif words and words[0][:1].isdigit():
+        raise Usage(f"{words[0]!r} is not a duration: 90s, 10m, 2h, 7d, 1w")
     return seconds, " ".join(words) or None
 
 
@@ -447,6 +451,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("voice", "NICK", "let NICK speak while the room is moderated", _role_command("voice")),
     Command("devoice", "NICK", "take NICK's voice back", _role_command("devoice")),
     Command("invite", "NICK [#ROOM]", "let NICK join an invite-only room", _invite),
+    Command("uninvite", "NICK", "take NICK's invitation back", _role_command("uninvite")),
     Command("kick", "NICK [REASON]", "put NICK out of the room (they may come back)", _kick),
     Command(
         "ban",
@@ -479,6 +484,18 @@ COMMANDS: tuple[Command, ...] = (
     Command("quit", "[REASON]", "leave zchat, saying why (also Ctrl-D)", _quit, aliases=("exit",)),
 )
 BY_NAME: dict[str, Command] = {name: c for c in COMMANDS for name in (c.name, *c.aliases)}
+
+
+# Commands whose arguments are secrets: never kept in the input history.
+SECRET = frozenset({"oper"})
+
+
+def secret(line: str) -> bool:
+    """Whether the typed ``line`` carries a password (``/oper ...``)."""
+    if not line.startswith("/") or line.startswith("//"):
+        return False
+    command = find(line[1:].split(" ", 1)[0])
+    return command is not None and command.name in SECRET
 
 
 def find(name: str) -> Command | None:

@@ -138,7 +138,12 @@ class FullscreenUI(ChatUI):
 
     def add(self, key: str | None, item: Any) -> None:
         if key is None:
+            # In no room yet (or any more): shown all the same, and kept for
+            # the first room's window.
             self.orphans.append(item)
+            del self.orphans[:-KEEP]
+            if self.viewing is None:
+                self.app.write_line(View(""), item)
             return
         view = self.view(key)
         ts = getattr(item, "ts", None)
@@ -306,6 +311,9 @@ class ChatInput(Input):
         return key not in ALT_CHARACTER_KEYS and super().check_consume_key(key, character)
 
     def remember(self, line: str) -> None:
+        if _commands.secret(line):
+            self.at = len(self.past)
+            return  # a password is not kept, nor recalled
         if line and (not self.past or self.past[-1] != line):
             self.past.append(line)
             if self.file is not None:
@@ -645,6 +653,11 @@ class ZchatApp(App[None]):
         log.clear()
         self.line_of.clear()
         view = self.ui.views.get(self.ui.viewing or "")
+        if view is None and self.ui.viewing is None:
+            for item in self.ui.orphans:  # what was said while in no room
+                log.write(
+                    self.render_item(View(""), item), width=self.log_width(), scroll_end=False
+                )
         if view is not None:
             view.unread, view.mention = 0, False
             for item in view.items:

@@ -204,6 +204,7 @@ _MODE_WORDS = {
     "ban": "banned {target}",
     "unban": "lifted the ban on {target}",
     "invite": "invited {target}",
+    "uninvite": "took back the invitation of {target}",
 }
 _FLAG_WORDS = {
     "invite_only": ("made #{room} invite-only", "opened #{room} to everyone"),

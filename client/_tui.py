@@ -487,8 +487,13 @@ async def _interactive(ui: ChatUI) -> None:
 
     from ._tui_complete import ChatCompleter
 
+    class History(FileHistory):
+        def append_string(self, string: str) -> None:
+            if not _commands.secret(string):  # a password is not kept, nor recalled
+                super().append_string(string)
+
     session: PromptSession[str] = PromptSession(
-        history=FileHistory(str(private_file(data_dir() / "input-history"))),
+        history=History(str(private_file(data_dir() / "input-history"))),
         completer=ChatCompleter(ui),
         complete_while_typing=False,
         erase_when_done=True,

@@ -332,6 +332,10 @@ class Invite(_OnNick, tag="invite", kw_only=True, frozen=True):
     """Addition: ``nick`` may join ``room`` while it is invite-only."""
 
 
+class Uninvite(_OnNick, tag="uninvite", kw_only=True, frozen=True):
+    """Addition: take back ``nick``'s invitation."""
+
+
 class Kick(_OnNick, tag="kick", kw_only=True, frozen=True):
     """Addition: put ``nick`` out of ``room`` (they may come back)."""
 
@@ -484,6 +488,7 @@ Request = Union[
     Voice,
     Devoice,
     Invite,
+    Uninvite,
     Kick,
     Mute,
     Unmute,
@@ -763,7 +768,7 @@ class TopicEvent(_Event, tag="topic", kw_only=True, frozen=True):
 class ModeEvent(_Event, tag="mode", kw_only=True, frozen=True):
     """Addition: a moderation change in the room, made by ``nick``.
 
-    ``mode`` is op, deop, voice, devoice, mute, unmute, ban, unban or invite
+    ``mode`` is op, deop, voice, devoice, mute, unmute, ban, unban, invite or uninvite
     (about ``target``, a nick or a ban mask; mute and ban may have
     ``until`` and ``text``, the reason), or invite_only, moderated or
     topic_lock (turned ``on`` or off)."""

@@ -542,3 +542,53 @@ def test_a_kick_leaves_the_window_with_who_and_why_and_marks_operators(broker: B
                 assert "ops" not in app.client.rooms
 
     run(body())
+
+
+def test_what_is_said_in_no_room_is_shown(broker: Broker) -> None:
+    """A refused start room, /rooms and a wall reach the screen while the
+    user is in no room (they waited, unseen, for a first room's window)."""
+
+    async def body() -> None:
+        async with other(broker, "owner", "vip") as owner:
+            await owner.mode("vip", invite_only=True)
+            client = Client(broker.endpoint, "dave", rooms=[])
+            await client.start()
+            app = ZchatApp(client, ["vip"])
+            try:
+                async with app.run_test(size=(160, 48)) as pilot:
+                    await until(pilot, lambda: "invite-only" in app.log_text(), "the refusal")
+                    await pilot.press(*"/rooms", "enter")
+                    await until(pilot, lambda: "#vip" in app.log_text(), "the rooms table")
+                    assert app.ui.viewing is None and not app.client.rooms
+            finally:
+                await client.close()
+
+    run(body())
+
+
+def test_a_password_typed_is_not_kept_in_the_input_history(broker: Broker, tmp_path: Path) -> None:
+    from prompt_toolkit.history import FileHistory
+
+    from client import _commands
+
+    assert _commands.secret("/oper hunter22-hunter22") and _commands.secret("/OPER x")
+    assert not _commands.secret("//oper is a word") and not _commands.secret("/op bob")
+    path = tmp_path / "input-history"
+
+    async def body() -> None:
+        client = Client(broker.endpoint, "alice", rooms=["general"])
+        await client.start()
+        app = ZchatApp(client, ["general"], history=FileHistory(str(path)))
+        try:
+            async with app.run_test(size=(160, 48)) as pilot:
+                await until(pilot, lambda: "general" in client.rooms, "the join")
+                for line in ("hello", "/oper hunter22-hunter22"):
+                    await pilot.press(*line, "enter")
+                await until(pilot, lambda: "operator password" in app.log_text(), "the refusal")
+                await pilot.press("up")
+                assert app.query_one("#input").value == "hello"  # not the password
+        finally:
+            await client.close()
+
+    run(body())
+    assert "hello" in path.read_text() and "hunter22" not in path.read_text()

@@ -16,7 +16,7 @@ import pytest
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from client import Client, RequestRefused
+from client import Client, Reconnected, RequestRefused
 from client._tui_complete import ChatCompleter
 from client.bots import antiflood
 from messages import LeaveEvent, ModeEvent, MsgEvent, Notice
@@ -81,6 +81,7 @@ def test_moderated_invite_only_and_topic_lock(broker: Broker) -> None:
             Client(broker.endpoint, "alice", rooms=["stage"]) as alice,
             Client(broker.endpoint, "bob", rooms=["stage"]) as bob,
             Client(broker.endpoint, "dave", rooms=[]) as dave,
+            Client(broker.endpoint, "erin", rooms=["stage"]) as erin,
         ):
             await alice.mode("stage", moderated=True, topic_lock=True, invite_only=True)
             with pytest.raises(RequestRefused, match="moderated"):
@@ -99,6 +100,11 @@ def test_moderated_invite_only_and_topic_lock(broker: Broker) -> None:
             assert joined.roles == {"alice": "owner", "bob": "voice"}
             await alice.op("stage", "dave")
             await dave.topic("stage", "operators set topics")  # an operator may
+            # A restart: erin, a member from before the room turned
+            # invite-only, comes back into it with everyone else.
+            await asyncio.to_thread(broker.restart)
+            await until(erin, lambda i: isinstance(i, Reconnected), 30)
+            assert erin.rooms == ["stage"]
 
     run(body(), 60)
 
@@ -261,6 +267,8 @@ def test_the_terminal_commands_moderate_and_refuse_mistypes(
                     "/ban -addr addr:10.0.0.1": "-key and -addr go with a nick",
                     "/mute 9lives": "not valid",
                     "/bans a b": "usage: /bans",
+                    "/mute bob 5x too loud": "'5x' is not a duration: 90s, 10m, 2h, 7d, 1w",
+                    "/ban bob 10mins": "'10mins' is not a duration",
                 }
                 for line, words in mistyped.items():
                     before = len(s.text())
