@@ -43,6 +43,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -1372,7 +1373,9 @@ class Core:
         role = self._role(s, rules)
         if not may(role, action):
             self._done_with(room)
-            raise ProtocolError(Code.FORBIDDEN, f"only operators of #{name} may {action}")
+            raise ProtocolError(
+                Code.FORBIDDEN, f"only operators of #{name} may {_ACTION_WORDS.get(action, action)}"
+            )
         return room, rules, role
 
     def _done_with(self, room: Room) -> None:
@@ -1390,7 +1393,8 @@ class Core:
         target = self._target_role(key, rules)
         if not may(role, action, target, itself=key == s.key):
             raise ProtocolError(
-                Code.FORBIDDEN, f"you may not {action} {nick} in #{name}: they are {target}"
+                Code.FORBIDDEN,
+                f"you may not {action} {nick} in #{name}: they are {_ROLE_WORDS[target]}",
             )
         return key
 
@@ -1650,7 +1654,8 @@ class Core:
                 if not may(role, "ban", target, itself=key == s.key):
                     raise ProtocolError(
                         Code.FORBIDDEN,
-                        f"you may not ban {mask} from #{room.name}: it covers someone {target}",
+                        f"you may not ban {mask} from #{room.name}: it covers "
+                        f"{_ROLE_WORDS[target]}",
                     )
             if not any(b.mask == mask for b in rules.bans):
                 self._room_space(rules, room.name, now)
@@ -1664,7 +1669,7 @@ class Core:
         )
         for m in covered:
             self._leave(m, room.name, "kick", now, out, req.reason, s.nick)
-            self._tell(m.key, f"{s.nick} banned you from #{room.name}" + _because(req.reason), out)
+            self._tell(m.key, f"{s.nick} banned you from #{room.name}" + _why(entry), out)
         if kind == "nick":
             self._put_out(room, value, s.nick, req.reason, now, out)
         self._done_with(room)
@@ -1679,7 +1684,8 @@ class Core:
         self._save_rules(SERVER_ROOM, rules, now)
         for t in [t for t in self.sessions.values() if t.identity().matches(entry.mask)]:
             if t is not s:
-                self._kill_session(t, s.nick, req.reason or "banned from the server", now, out)
+                banned = f"{s.nick} banned you from this server" + _why(entry)
+                self._kill_session(t, s.nick, req.reason, now, out, notice=banned)
         self._acked(s, req.id, Ack(id=req.id, ts=format_ts(now)), now, out)
 
     def _unban(self, s: Session, req: Unban, now: float, out: Outbox) -> None:
@@ -1867,9 +1873,16 @@ class Core:
         self._acked(s, req.id, Ack(id=req.id, to=req.nick, ts=format_ts(now)), now, out)
 
     def _kill_session(
-        self, t: Session, by: str, reason: str | None, now: float, out: Outbox
+        self,
+        t: Session,
+        by: str,
+        reason: str | None,
+        now: float,
+        out: Outbox,
+        *,
+        notice: str | None = None,
     ) -> None:
-        out.reply(t.ident, Notice(text=f"{by} ended your session" + _because(reason)))
+        out.reply(t.ident, Notice(text=notice or f"{by} ended your session" + _because(reason)))
         self._end(t, "kick", now, out, reason, by)
 
     def _wall(self, s: Session, req: Wall, now: float, out: Outbox) -> None:
@@ -2085,8 +2098,35 @@ def _because(reason: str | None) -> str:
 
 def _why(entry: Entry) -> str:
     """Until when and why, for the message of a refusal."""
-    until = "" if entry.until is None else f" until {format_ts(entry.until)}"
+    until = ""
+    if entry.until is not None:
+        at = datetime.fromtimestamp(entry.until, timezone.utc)
+        until = f" until {at:%Y-%m-%d %H:%M:%S} UTC"
     return until + _because(entry.reason)
+
+
+# How refusals name actions and roles.
+_ACTION_WORDS = {
+    "op": "make operators",
+    "deop": "unmake operators",
+    "voice": "give voices",
+    "devoice": "take voices back",
+    "kick": "put people out",
+    "ban": "ban",
+    "unban": "lift bans",
+    "mute": "mute",
+    "unmute": "unmute",
+    "invite": "invite",
+    "mode": "change its settings",
+    "bans": "list its bans",
+}
+_ROLE_WORDS = {
+    "member": "a member",
+    "voice": "a voice",
+    "op": "an operator",
+    "owner": "its owner",
+    "server": "a server operator",
+}
 
 
 def _error(err: ProtocolError, rid: str | None) -> Error:

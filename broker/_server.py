@@ -688,6 +688,14 @@ class Server:
             o.sessions_per_address,
             o.rooms_per_session,
         )
+        if o.operators is not None or o.oper_password_file is not None:
+            by = []
+            if o.operators is not None:
+                n = len(self.core.operator_keys)
+                by.append(f"{n} key{'' if n == 1 else 's'} in {o.operators}")
+            if o.oper_password_file is not None:
+                by.append(f"the password in {o.oper_password_file} (/oper)")
+            log.info("server operators: %s; re-read on SIGHUP", " and ".join(by))
         if self.config.curve:
             allowed = "every client key" if o.allow_keys is None else f"the keys in {o.allow_keys}"
             log.info(

@@ -332,6 +332,8 @@ async def _ban(ui: ChatUI, rest: str) -> bool:
         if match is not None:
             raise Usage("-key and -addr go with a nick, not a mask")
         await ui.client.ban(room, mask=who, duration_s=seconds, reason=reason)
+        if room == "*":  # no room hears of it: said here
+            ui.show(r.info(f"{r.mask_words(who)} is banned from the server"))
     else:
         await ui.client.ban(
             room, nick=_nick_word(who), match=match, duration_s=seconds, reason=reason

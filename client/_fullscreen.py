@@ -498,7 +498,7 @@ class ZchatApp(App[None]):
             try:
                 await self.ui.join(room)
             except ZchatError as err:
-                self.ui.show(r.error(f"cannot join {room}: {err.message}"))
+                self.ui.show(r.error(f"cannot join #{room}: {err.message}"))
         self.rebuild()
         await self._ask_who()
         await self.ui.pump()

@@ -213,17 +213,35 @@ _FLAG_WORDS = {
 }
 
 
+def mask_words(mask: str) -> str:
+    """A ban's mask for people: ``nick:dave`` is "dave", ``addr:10.0.0.0/8``
+    "the address 10.0.0.0/8", ``key:...`` "the key" and its fingerprint."""
+    kind, _, value = mask.partition(":")
+    if kind == "nick":
+        return safe(value)
+    if kind == "addr":
+        return f"the address {safe(value)}"
+    if kind == "key":
+        return f"the key {safe(value[:8])}..."
+    return safe(mask)
+
+
 def mode_words(ev: Any) -> str:
-    """A moderation change, in words: "alice banned nick:bob until ...: spam"."""
+    """A moderation change, in words: "alice banned bob until ...: spam"."""
     room, target = safe(ev.room), safe(ev.target or "")
     if ev.mode in _FLAG_WORDS:
         on, off = _FLAG_WORDS[ev.mode]
         what = (on if ev.on else off).format(room=room)
+    elif ev.mode in ("deop", "devoice") and ev.target == ev.nick:
+        role = "an operator" if ev.mode == "deop" else "a voice"
+        return f"{safe(ev.nick)} is no longer {role} in #{room}"
     else:
+        if ev.mode in ("ban", "unban"):
+            target = mask_words(ev.target or "")
         what = _MODE_WORDS.get(ev.mode, safe(ev.mode) + " {target}").format(target=target)
-        what += f" in #{room}"
+        what += f" {'to' if ev.mode == 'invite' else 'in'} #{room}"
     if ev.until:
-        what += f" until {local_time(ev.until):%Y-%m-%d %H:%M}"
+        what += f" until {local_time(ev.until):%Y-%m-%d %H:%M:%S}"
     if ev.text:
         what += f": {safe(ev.text)}"
     return f"{safe(ev.nick)} {what}"

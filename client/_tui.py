@@ -449,7 +449,7 @@ async def _run(
             try:
                 await ui.join(room)
             except ZchatError as err:
-                ui.show(r.error(f"cannot join {room}: {err.message}"))
+                ui.show(r.error(f"cannot join #{room}: {err.message}"))
         if interactive:
             await _interactive(ui)
         else:

@@ -297,12 +297,14 @@ def test_invite_only_moderated_and_topic_lock() -> None:
     assert w.ask(b"b", m.Topic(room="r", topic="mine")).code == "forbidden"
     assert ok(w.ask(b"a", m.Voice(room="r", nick="bob")))
     assert ok(w.ask(b"b", m.Say(room="r", text="with a voice")))
-    join_as_refused = World.ask(w, b"b", m.Part(room="r"))
-    assert isinstance(join_as_refused, m.Parted)
-    assert w.ask(b"b", m.Join(room="r")).code == "forbidden"  # invite-only now
-    sent = w.send(b"a", m.Invite(room="r", nick="bob"))
-    assert any(to == b"b" and isinstance(x, m.Notice) for to, x in sent)
-    joined = w.ask(b"b", m.Join(room="r"))
+    assert isinstance(w.ask(b"b", m.Part(room="r")), m.Parted)
+    # bob was in the room as it turned invite-only: he is on its list.
+    assert isinstance(w.ask(b"b", m.Join(room="r")), m.Joined)
+    w.hello(b"d", "dave")
+    assert w.ask(b"d", m.Join(room="r")).code == "forbidden"  # invite-only now
+    sent = w.send(b"a", m.Invite(room="r", nick="dave"))
+    assert any(to == b"d" and isinstance(x, m.Notice) for to, x in sent)
+    joined = w.ask(b"d", m.Join(room="r"))
     assert joined.modes == ["invite_only", "moderated", "topic_lock"]
     assert joined.roles == {"alice": "owner", "bob": "voice"}
     assert ok(w.ask(b"a", m.Mode(room="r", moderated=False)))
@@ -527,3 +529,35 @@ def test_small_things_the_review_found() -> None:
     # A resent wall is answered, not sent again.
     sent = w.send(b"y", m.Wall(text="still an operator", id="w1"))
     assert [type(x).__name__ for _, x in sent] == ["Ack"]
+
+
+def test_moderation_in_words(utc: None) -> None:
+    from client import _render as r
+
+    def ev(**kw: Any) -> m.ModeEvent:
+        return m.ModeEvent(room="mod", seq=1, ts="2026-11-28T12:00:00.000Z", nick="bob", **kw)
+
+    assert r.mode_words(ev(mode="deop", target="bob")) == "bob is no longer an operator in #mod"
+    assert r.mode_words(ev(mode="invite", target="dave")) == "bob invited dave to #mod"
+    assert (
+        r.mode_words(ev(mode="ban", target="nick:dave", until="2026-11-28T12:15:41.547Z", text="x"))
+        == "bob banned dave in #mod until 2026-11-28 12:15:41: x"
+    )
+    assert r.mode_words(ev(mode="ban", target="addr:10.0.0.0/8")) == (
+        "bob banned the address 10.0.0.0/8 in #mod"
+    )
+    assert r.mode_words(ev(mode="moderated", on=False)) == "bob let everyone speak in #mod"
+    # And the broker's refusals, in words, with a time in UTC.
+    w = world()
+    join_as(w, b"a", "alice")
+    join_as(w, b"b", "bob")
+    assert w.ask(b"b", m.Bans(room="r")).message == "only operators of #r may list its bans"
+    w.ask(b"a", m.Op(room="r", nick="bob"))
+    assert w.ask(b"b", m.Kick(room="r", nick="alice")).message == (
+        "you may not kick alice in #r: they are its owner"
+    )
+    join_as(w, b"c", "carol")
+    w.ask(b"a", m.Mute(room="r", nick="carol", duration_s=90))
+    assert w.ask(b"c", m.Say(room="r", text="hi")).message == (
+        "you are muted in #r until 2026-11-24 12:01:30 UTC"
+    )

@@ -120,6 +120,7 @@ def test_server_operators_by_password(make_broker: Callable[..., Broker], tmp_pa
             Client(b.endpoint, "alice", rooms=["den"]) as alice,
             Client(b.endpoint, "mallory", rooms=["den"]) as mallory,
         ):
+            assert f"server operators: the password in {secret} (/oper)" in b.log_text()
             with pytest.raises(RequestRefused, match="not the operator password"):
                 await root.oper("guess")
             await root.oper(PASSWORD)
@@ -173,6 +174,13 @@ def test_the_antiflood_bot_mutes_a_flooder_and_not_the_polite(broker: Broker) ->
                 await until(
                     alice, lambda i: getattr(i, "nick", None) == "antiflood", 10
                 )  # its join
+                # No operator yet: it says, once, what it needs.
+                for i in range(antiflood.LINES + 1):
+                    await flooder.say("general", f"early spam {i}")
+                hint = await until(
+                    alice, lambda i: isinstance(i, MsgEvent) and i.from_ == "antiflood"
+                )
+                assert "/op antiflood" in hint.text
                 await alice.op("general", "antiflood")
                 for i in range(antiflood.LINES + 1):
                     await flooder.say("general", f"spam {i}")

@@ -5,8 +5,9 @@ owner or an operator) and it mutes, for ``ZCHAT_FLOOD_MUTE`` seconds (60),
 anyone who says more than ``ZCHAT_FLOOD_LINES`` lines (5) within
 ``ZCHAT_FLOOD_SECONDS`` (10). Lines are counted by the broker's time of
 each, so events repaired after a reconnect count when they were said, not
-when they arrived. Operators and voices it cannot mute (the broker says
-``forbidden``), and it says so once in its log.
+when they arrived. Whom it may not mute (the broker says ``forbidden``:
+it is no operator there, or they rank as high) it logs, and the first
+time in a room it says there what it needs.
 
 ``!flood`` tells the limits in force.
 """
@@ -42,6 +43,7 @@ MUTE_S = _setting("ZCHAT_FLOOD_MUTE", 60)
 FOLLOWED_MAX = 10_000
 
 _said: dict[tuple[str, str], deque[float]] = {}
+_told: set[str] = set()  # rooms told the bot needs operator rights
 
 
 @bot.on_message
@@ -61,6 +63,13 @@ async def _count(msg: Message) -> None:
             await msg.mute(duration_s=MUTE_S, reason=reason)
         except RequestRefused as err:
             log.warning("cannot mute %s in #%s: %s", msg.nick, msg.room, err.message)
+            if err.code == "forbidden" and msg.room not in _told:
+                # Once a room: whoever owns it learns what the bot needs.
+                _told.add(msg.room)
+                await msg.reply(
+                    f"I cannot mute floods in #{msg.room} without operator rights: "
+                    f"/op {msg.client.nick}"
+                )
 
 
 @bot.command("flood", usage="!flood", help="the flood limits in force")
