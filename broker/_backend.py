@@ -206,7 +206,9 @@ class Directory(Protocol):
 
     def left(self, room: str, key: str) -> None: ...
 
-    def ended(self, key: str) -> None: ...
+    def ended(self, key: str, node: str | None = None) -> None:
+        """The session ``key`` is over; ``node``: it was that node's (a
+        kill from this one), which is told to forget it."""
 
     def members(self, room: str) -> list[tuple[str, bool]]:
         """``(nick, quiet)`` of everyone in ``room``, on every node."""

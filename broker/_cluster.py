@@ -511,12 +511,19 @@ class Cluster:
     def _run_room_field(self, pipe: Any, record: str, room: str, present: str) -> None:
         self._room_field(keys=[record], args=[room, present], client=pipe)
 
-    def ended(self, key: str) -> None:
-        self.backend.ops.append((self._run_end, session_key(key)))
+    def ended(self, key: str, node: str | None = None) -> None:
+        record = session_key(key)
+        self.backend.ops.append((self._run_end, record, node or self.node))
         self.backend.ops.append(("delete", _held_stream(key), _held_bytes(key)))
+        if node is not None and node != self.node:
+            # Ended by this node for that one (a kill, a ban of the server):
+            # it forgets the session at once, as one taken from it.
+            self.backend.ops.append(
+                ("publish", f"{PREFIX}node:{node}", b"moved " + record.encode())
+            )
 
-    def _run_end(self, pipe: Any, record: str) -> None:
-        self._end(keys=[record, LEASES, ACTIVE], args=[self.node], client=pipe)
+    def _run_end(self, pipe: Any, record: str, node: str) -> None:
+        self._end(keys=[record, LEASES, ACTIVE], args=[node], client=pipe)
 
     def members(self, room: str) -> list[tuple[str, bool]]:
         return [

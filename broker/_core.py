@@ -698,6 +698,13 @@ class Core:
                 raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
             if holder.peer_key != peer_key:
                 raise ProtocolError(Code.UNAUTHORIZED, "this session belongs to another key")
+            banned = self._server_rules().banned(Identity(req.nick, peer_key, addr), now)
+            if banned is not None and not holder.oper:
+                # (A ban made on another node of a cluster: this one's
+                # session is taken back by its token, not let go on.)
+                raise ProtocolError(
+                    Code.FORBIDDEN, "you are banned from this server" + _why(banned)
+                )
             # The owner of the token is back on a new connection: hand the
             # session over, rooms and all, with no leave or join.
             del self.sessions[holder.ident]
@@ -1686,6 +1693,13 @@ class Core:
             if t is not s:
                 banned = f"{s.nick} banned you from this server" + _why(entry)
                 self._kill_session(t, s.nick, req.reason, now, out, notice=banned)
+        kind, _, value = entry.mask.partition(":")
+        if kind == "nick" and self.directory is not None and value not in self.nicks:
+            rec = self.directory.find(value)
+            if rec is not None and rec.node != self.directory.node:
+                # On another node: ended as a kill there is (see _kill).
+                self._leave_everywhere(value, rec, "kick", now, out, req.reason, s.nick)
+                self.directory.ended(value, rec.node)
         self._acked(s, req.id, Ack(id=req.id, ts=format_ts(now)), now, out)
 
     def _unban(self, s: Session, req: Unban, now: float, out: Outbox) -> None:
@@ -1866,7 +1880,7 @@ class Core:
             # On another node: its leaves are published here, and that node
             # forgets the session when it finds its record gone.
             self._leave_everywhere(key, rec, "kick", now, out, req.reason, s.nick)
-            self.directory.ended(key)
+            self.directory.ended(key, rec.node)
         else:
             raise ProtocolError(Code.NO_SUCH_USER, f"no user {req.nick!r} is online")
         log.info("%s killed %s%s", s.nick, req.nick, _because(req.reason))

@@ -561,3 +561,17 @@ def test_moderation_in_words(utc: None) -> None:
     assert w.ask(b"c", m.Say(room="r", text="hi")).message == (
         "you are muted in #r until 2026-11-24 12:01:30 UTC"
     )
+
+
+def test_a_session_taken_back_by_token_is_checked_against_server_bans() -> None:
+    """A ban made by another node of a cluster reaches this one through the
+    store: the banned cannot carry on here by taking their session back."""
+    w = world()
+    welcome = w.hello(b"m", "mallory")
+    from broker._moderation import Entry, Rules, dump
+
+    w.store.set_rules("*", dump(Rules(bans=[Entry(mask="nick:mallory", by="root", at=w.now)])))
+    w.store.commit()
+    w.core._rules.pop("*", None)  # as a node of a cluster reads it: afresh
+    refused = w.ask(b"m2", m.Hello(nick="mallory", token=welcome.token))
+    assert refused.code == "forbidden" and "banned from this server" in refused.message

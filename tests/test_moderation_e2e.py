@@ -252,6 +252,22 @@ def test_moderation_is_shared_by_the_nodes_of_a_cluster(
             for c in (carol, alice):
                 got = await until(c, lambda i: isinstance(i, Notice))
                 assert got.text == "[alice] the cluster restarts at noon"
+            # A ban of the server from node a ends carol's session on node b.
+            await alice.ban("*", mask="nick:carol", reason="enough")
+            left = await until(alice, lambda i: isinstance(i, LeaveEvent) and i.nick == "carol")
+            assert (left.reason, left.by) == ("kick", "alice")
+            # Node b forgets her session within a lease renewal (a second);
+            # until then her nick is still in use there.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while True:
+                with pytest.raises(RequestRefused) as refused:
+                    async with Client(b.endpoint, "carol", rooms=[]):
+                        pass
+                if refused.value.code == "forbidden" or loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert "banned from this server" in refused.value.message
 
     run(body(), 60)
 
