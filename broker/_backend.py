@@ -229,5 +229,8 @@ class Directory(Protocol):
     def take_held(self, key: str) -> list[bytes]:
         """The private messages waiting for ``key``, taken out."""
 
+    def put_out(self, node: str, room: str, key: str) -> None:
+        """Tell ``node`` its session ``key`` was put out of ``room``."""
+
     def wall(self, frame: bytes) -> None:
         """Publish a server notice (``frame``) to the clients of every node."""

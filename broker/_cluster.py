@@ -283,6 +283,9 @@ class Cluster:
                     s = core.nicks.get(data[3:].decode())
                     if s is not None:
                         out.pushes.extend((s.ident, f) for f in self.take_held(s.key))
+                elif data.startswith(b"out "):
+                    room, _, key = data[4:].decode().partition(" ")
+                    core.put_out_here(room, key)
                 elif data.startswith(b"moved "):
                     core.moved_away(data[6:].decode().rpartition(":u:")[2], time.time())
                 elif data.startswith(b"probe "):
@@ -592,6 +595,12 @@ class Cluster:
             args=[frame, PREFIX + "node:", b"pm " + key.encode()],
             client=pipe,
         )
+
+    def put_out(self, node: str, room: str, key: str) -> None:
+        # With the batch, on that node's channel: a quiet session's kick
+        # publishes no leave for it to see.
+        channel = f"{PREFIX}node:{node}"
+        self.backend.ops.append(("publish", channel, f"out {room} {key}".encode()))
 
     def wall(self, frame: bytes) -> None:
         # With the batch: every node (this one too) publishes it on hearing it.

@@ -1597,6 +1597,7 @@ class Core:
         if rec is None or room.name not in rec.rooms or rec.node == self.directory.node:
             return False
         self.directory.left(room.name, key)
+        self.directory.put_out(rec.node, room.name, key)  # (a quiet one has no leave)
         if not rec.quiet:
             self._event(
                 room,
@@ -1977,13 +1978,18 @@ class Core:
         elif body.startswith(b'{"type":"leave"') and b'"reason":"kick"' in body:
             ev = decode_event(body)
             if isinstance(ev, LeaveEvent):
-                s = self.nicks.get(nick_key(ev.nick))
-                room = self.rooms.get(name)
-                if s is not None and room is not None and name in s.rooms:
-                    del s.rooms[name]
-                    del room.members[s]
-                    if not room.members:
-                        self._unload(name)
+                self.put_out_here(name, nick_key(ev.nick))
+
+    def put_out_here(self, name: str, key: str) -> None:
+        """The session ``key`` of this node was put out of ``name`` by
+        another node (which published its leave): out of it here too."""
+        s = self.nicks.get(key)
+        room = self.rooms.get(name)
+        if s is not None and room is not None and name in s.rooms:
+            del s.rooms[name]
+            del room.members[s]
+            if not room.members:
+                self._unload(name)
 
     def moved_away(self, key: str, now: float) -> None:
         """The session ``key`` went on with its token on another node: forget

@@ -246,6 +246,20 @@ def test_moderation_is_shared_by_the_nodes_of_a_cluster(
             with pytest.raises(RequestRefused, match="banned"):
                 await bob.join("ops")
             assert (await carol.who("ops")).users[0].role == "owner"
+            # A quiet session (a script) on node b has no leave to see: node b
+            # is told. Its says are refused there once it is.
+            async with Client(b.endpoint, "script", rooms=["ops"], quiet=True) as script:
+                await alice.kick("ops", "script", "no bots here")
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 10
+                while True:
+                    try:
+                        await script.say("ops", "still talking")
+                    except RequestRefused as err:
+                        assert err.code == "not_in_room"
+                        break
+                    assert loop.time() < deadline, "the script was never put out on node b"
+                    await asyncio.sleep(0.05)
             # A server notice from node a reaches the clients of node b too.
             await alice.oper(PASSWORD)
             await alice.wall("the cluster restarts at noon")
