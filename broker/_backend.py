@@ -179,6 +179,8 @@ class SessionRecord:
     peer_key: str
     quiet: bool
     rooms: list[str]
+    # A server operator (by key or password), for nodes other than its own.
+    oper: bool = False
 
 
 class Directory(Protocol):
@@ -228,6 +230,9 @@ class Directory(Protocol):
 
     def take_held(self, key: str) -> list[bytes]:
         """The private messages waiting for ``key``, taken out."""
+
+    def set_oper(self, key: str) -> None:
+        """The session ``key`` (of this node) is a server operator."""
 
     def put_out(self, node: str, room: str, key: str) -> None:
         """Tell ``node`` its session ``key`` was put out of ``room``."""

@@ -131,6 +131,14 @@ return 1
 """
 
 
+# Marks a server operator's record, only while it exists (as _ROOM_FIELD).
+_OPER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'oper', '1')
+return 1
+"""
+
+
 _HOLD = """
 -- Once: a commit tried again after Redis did it already finds the mark.
 if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 600) then return 0 end
@@ -190,6 +198,7 @@ def _record(fields: dict[bytes, bytes]) -> SessionRecord:
         peer_key=text.get("pk", ""),
         quiet=text.get("quiet") == "1",
         rooms=[k[2:] for k in text if k.startswith("r:")],
+        oper=text.get("oper") == "1",
     )
 
 
@@ -215,6 +224,7 @@ class Cluster:
         self._rename = self.r.register_script(_RENAME)
         self._hold = self.r.register_script(_HOLD)
         self._room_field = self.r.register_script(_ROOM_FIELD)
+        self._oper = self.r.register_script(_OPER)
         self._held_serial = 0
         self._take_pms = self.r.register_script(_TAKE_PMS)
         self._next_tick = 0.0
@@ -595,6 +605,12 @@ class Cluster:
             args=[frame, PREFIX + "node:", b"pm " + key.encode()],
             client=pipe,
         )
+
+    def set_oper(self, key: str) -> None:
+        self.backend.ops.append((self._run_oper, session_key(key)))
+
+    def _run_oper(self, pipe: Any, record: str) -> None:
+        self._oper(keys=[record], client=pipe)
 
     def put_out(self, node: str, room: str, key: str) -> None:
         # With the batch, on that node's channel: a quiet session's kick

@@ -764,6 +764,8 @@ class Core:
                 room.members[session] = None
         # (A session taken back by its token stays an operator by password.)
         session.oper = session.oper or (peer_key is not None and peer_key in self.operator_keys)
+        if session.oper and self.directory is not None:
+            self.directory.set_oper(session.key)
         out.reply(ident, self._welcome(session, req.id))
 
     def hold(self, ident: bytes, push: bytes) -> str | None:
@@ -1391,7 +1393,13 @@ class Core:
 
     def _target_role(self, key: str, rules: Rules) -> str:
         t = self.nicks.get(key)
-        return "server" if t is not None and t.oper else rules.role(key)
+        if t is not None:
+            return "server" if t.oper else rules.role(key)
+        if self.directory is not None:
+            rec = self.directory.find(key)  # a server operator on another node
+            if rec is not None and rec.oper:
+                return "server"
+        return rules.role(key)
 
     def _check_target(
         self, s: Session, role: str, action: str, nick: str, rules: Rules, name: str
@@ -1862,6 +1870,8 @@ class Core:
                 self._oper_failures, self._oper_logged = 0, now
             raise ProtocolError(Code.FORBIDDEN, "that is not the operator password")
         s.oper = True
+        if self.directory is not None:
+            self.directory.set_oper(s.key)
         log.info("%s (%s) is a server operator", s.nick, s.addr.name)
         out.reply(s.ident, Ack(id=req.id, ts=format_ts(now)))
 

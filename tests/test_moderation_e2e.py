@@ -266,6 +266,12 @@ def test_moderation_is_shared_by_the_nodes_of_a_cluster(
             for c in (carol, alice):
                 got = await until(c, lambda i: isinstance(i, Notice))
                 assert got.text == "[alice] the cluster restarts at noon"
+            # A server operator on node a outranks a room operator on node b.
+            await alice.op("ops", "carol")
+            async with Client(a.endpoint, "root", rooms=["ops"]) as root:
+                await root.oper(PASSWORD)
+                with pytest.raises(RequestRefused, match="a server operator"):
+                    await carol.kick("ops", "root")
             # A ban of the server from node a ends carol's session on node b.
             await alice.ban("*", mask="nick:carol", reason="enough")
             left = await until(alice, lambda i: isinstance(i, LeaveEvent) and i.nick == "carol")
