@@ -181,6 +181,8 @@ class SessionRecord:
     rooms: list[str]
     # A server operator (by key or password), for nodes other than its own.
     oper: bool = False
+    # The client's address (as _config.address_key gives it), for bans.
+    addr: str = ""
 
 
 class Directory(Protocol):
@@ -194,12 +196,24 @@ class Directory(Protocol):
 
     def find(self, key: str) -> SessionRecord | None: ...
 
+    def records(self, keys: list[str]) -> list[SessionRecord | None]:
+        """:meth:`find` for each of ``keys``, in one round trip."""
+
     def create(
-        self, key: str, nick: str, token: str, peer_key: str | None, quiet: bool, now: float
+        self,
+        key: str,
+        nick: str,
+        token: str,
+        peer_key: str | None,
+        quiet: bool,
+        now: float,
+        addr: str = "",
     ) -> bool:
         """Register a new session; False when the nick is in use on a node."""
 
-    def take(self, key: str, token: str, peer_key: str | None, now: float) -> SessionRecord | None:
+    def take(
+        self, key: str, token: str, peer_key: str | None, now: float, addr: str = ""
+    ) -> SessionRecord | None:
         """Move the session to this node, if the token is its own."""
 
     def rename(self, old: str, new: str, nick: str, rooms: list[str], quiet: bool) -> bool: ...

@@ -61,7 +61,7 @@ STORE_CHECK_S = 2.0
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'nick', ARGV[1], 'node', ARGV[2], 'tok', ARGV[3],
-           'pk', ARGV[4], 'quiet', ARGV[5])
+           'pk', ARGV[4], 'quiet', ARGV[5], 'addr', ARGV[8])
 redis.call('ZADD', KEYS[2], ARGV[6], KEYS[1])
 redis.call('ZADD', KEYS[3], ARGV[7], KEYS[1])
 return 1
@@ -71,7 +71,7 @@ _TAKE = """
 local rec = redis.call('HMGET', KEYS[1], 'tok', 'pk', 'node')
 if not rec[1] then return 0 end
 if rec[1] ~= ARGV[1] or rec[2] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'node', ARGV[3])
+redis.call('HSET', KEYS[1], 'node', ARGV[3], 'addr', ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
 if rec[3] ~= ARGV[3] then
   redis.call('PUBLISH', ARGV[5] .. rec[3], 'moved ' .. KEYS[1])
@@ -199,6 +199,7 @@ def _record(fields: dict[bytes, bytes]) -> SessionRecord:
         quiet=text.get("quiet") == "1",
         rooms=[k[2:] for k in text if k.startswith("r:")],
         oper=text.get("oper") == "1",
+        addr=text.get("addr", ""),
     )
 
 
@@ -477,17 +478,39 @@ class Cluster:
         fields = self.r.hgetall(session_key(key))
         return _record(fields) if fields else None
 
+    def records(self, keys: list[str]) -> list[SessionRecord | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(session_key(key))
+        return [_record(f) if f else None for f in pipe.execute()] if keys else []
+
     def create(
-        self, key: str, nick: str, token: str, peer_key: str | None, quiet: bool, now: float
+        self,
+        key: str,
+        nick: str,
+        token: str,
+        peer_key: str | None,
+        quiet: bool,
+        now: float,
+        addr: str = "",
     ) -> bool:
         args: list[Any] = [nick, self.node, _hash(token), peer_key or "", "1" if quiet else "0"]
-        args += [now + self.lease_s, now]
+        args += [now + self.lease_s, now, addr]
         return bool(self._create(keys=[session_key(key), LEASES, ACTIVE], args=args))
 
-    def take(self, key: str, token: str, peer_key: str | None, now: float) -> SessionRecord | None:
+    def take(
+        self, key: str, token: str, peer_key: str | None, now: float, addr: str = ""
+    ) -> SessionRecord | None:
         fields = self._take(
             keys=[session_key(key), LEASES],
-            args=[_hash(token), peer_key or "", self.node, now + self.lease_s, PREFIX + "node:"],
+            args=[
+                _hash(token),
+                peer_key or "",
+                self.node,
+                now + self.lease_s,
+                PREFIX + "node:",
+                addr,
+            ],
         )
         if not fields:
             return None

@@ -737,10 +737,10 @@ class Core:
             rooms: list[str] = []
             d = self.directory
             if d is not None and not d.create(
-                key, req.nick, session.token, peer_key, session.quiet, now
+                key, req.nick, session.token, peer_key, session.quiet, now, a.name
             ):
                 # In use on another node: the owner of its token moves here.
-                taken = None if req.token is None else d.take(key, req.token, peer_key, now)
+                taken = None if req.token is None else d.take(key, req.token, peer_key, now, a.name)
                 if taken is None:
                     raise ProtocolError(Code.NICK_TAKEN, f"nick {req.nick!r} is in use")
                 session = Session(ident, taken.nick, now, tokens, peer_key, a, taken.quiet)
@@ -1643,12 +1643,16 @@ class Core:
                     f"{req.nick} is not online with a key (keys come with CURVE)",
                 )
             return f"key:{peer_key}"
-        if t is None:
+        addr = t.addr.name if t is not None else None
+        if addr is None and self.directory is not None:
+            rec = self.directory.find(key)  # on another node: its record has it
+            addr = None if rec is None else rec.addr or None
+        if addr is None:
             raise ProtocolError(
                 Code.NO_SUCH_USER,
-                f"{req.nick} is not online here: ban their nick, or an address by mask",
+                f"{req.nick} is not online: ban their nick, or an address by mask",
             )
-        return check_mask(f"addr:{t.addr.name}")
+        return check_mask(f"addr:{addr}")
 
     def _ban(self, s: Session, req: Ban, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
@@ -1662,9 +1666,13 @@ class Core:
         room, rules, role = self._moderated_room(s, req.room, "ban")
         try:
             # Whoever the mask covers here must rank below the one banning.
-            covered = [m for m in room.members if m.identity().matches(mask)]
+            # (Never the one banning: they would always come back in.)
+            covered = [m for m in room.members if m is not s and m.identity().matches(mask)]
             kind, _, value = mask.partition(":")
-            keys = {m.key for m in covered} | ({nick_key(value)} if kind == "nick" else set())
+            remote = self._covered_elsewhere(room, mask)
+            keys = {m.key for m in covered} | set(remote)
+            if kind == "nick":
+                keys.add(nick_key(value))
             for key in keys:
                 target = self._target_role(key, rules)
                 if not may(role, "ban", target, itself=key == s.key):
@@ -1686,9 +1694,24 @@ class Core:
         for m in covered:
             self._leave(m, room.name, "kick", now, out, req.reason, s.nick)
             self._tell(m.key, f"{s.nick} banned you from #{room.name}" + _why(entry), out)
-        if kind == "nick":
-            self._put_out(room, value, s.nick, req.reason, now, out)
+        for key in remote:
+            self._put_out(room, key, s.nick, req.reason, now, out)
         self._done_with(room)
+
+    def _covered_elsewhere(self, room: Room, mask: str) -> list[str]:
+        """Keys of the members of ``room`` on other nodes of a cluster that
+        ``mask`` covers (their records say their key and address)."""
+        if self.directory is None:
+            return []
+        here = {m.key for m in room.members}
+        there = [nick_key(n) for n, _ in self.directory.members(room.name)]
+        there = [k for k in there if k not in here]  # (the one banning is here)
+        found = []
+        for key, rec in zip(there, self.directory.records(there), strict=True):
+            if rec is not None and rec.node != self.directory.node:
+                if Identity(rec.nick, rec.peer_key or None, rec.addr).matches(mask):
+                    found.append(key)
+        return found
 
     def _ban_server(self, s: Session, req: Ban, entry: Entry, now: float, out: Outbox) -> None:
         if not s.oper:

@@ -381,3 +381,37 @@ def test_zchat_bot_antiflood_as_a_server_operator(
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     assert b"Traceback" not in out, out.decode()
+
+
+def test_an_address_ban_puts_out_members_on_every_node(
+    make_broker: Callable[..., Broker], redis_server: Any
+) -> None:
+    a, b = (
+        make_broker("--cluster", redis_server.url, "--timeout-ms", "3000", "--heartbeat-ms", "500")
+        for _ in range(2)
+    )
+
+    async def body() -> None:
+        async with (
+            Client(a.endpoint, "alice", rooms=["den"]) as alice,
+            Client(b.endpoint, "xavier", rooms=["den"]) as xavier,
+        ):
+            await alice.ban("den", nick="xavier", match="addr", reason="same place")
+            left = await until(alice, lambda i: isinstance(i, LeaveEvent) and i.nick == "xavier")
+            assert (left.reason, left.by, left.text) == ("kick", "alice", "same place")
+            listed = await alice.bans("den")
+            assert [x.mask for x in listed.bans] == ["addr:127.0.0.1"]  # his, from node b
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while True:
+                try:
+                    await xavier.say("den", "still here?")
+                except RequestRefused as err:
+                    assert err.code == "not_in_room"
+                    break
+                assert loop.time() < deadline, "xavier was never put out on node b"
+                await asyncio.sleep(0.05)
+            with pytest.raises(RequestRefused, match="banned"):
+                await xavier.join("den")
+
+    run(body(), 60)
