@@ -126,6 +126,14 @@ class Backend(Protocol):
     def rules(self, room: str) -> bytes | None:
         """The room's moderation as last set, None when it has none."""
 
+    def swap_rules(self, room: str, old: bytes | None, new: bytes) -> bool:
+        """Set the room's moderation to ``new`` at once, if it is still
+        ``old``; False when it was changed meanwhile (by another broker).
+
+        Raises:
+            StoreError: the store cannot be reached.
+        """
+
     def page(
         self, room: str, *, after: int | None, before: int | None, limit: int, max_bytes: int
     ) -> Page:

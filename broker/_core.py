@@ -129,7 +129,7 @@ from messages import (
     room_topic,
 )
 
-from ._backend import Backend, Directory, SessionRecord
+from ._backend import Backend, Directory, SessionRecord, StoreError
 from ._claims import Claims
 from ._config import KIB, MIB, Config
 from ._moderation import Entry, Identity, Rules, listed, may
@@ -143,6 +143,8 @@ VERSION = "0.1.0"
 ROOMS_MEMBERS_MAX = 50
 # Room of a reply's page left for its envelope (type, id, room, more...).
 ENVELOPE_BYTES = 512
+# How soon to ask again when another node changed a room's moderation first.
+RULES_RETRY_MS = 20
 # Wrong operator passwords are logged at most once in this many seconds.
 OPER_LOG_EVERY_S = 10.0
 # How soon a writer refused for a full store should try again.
@@ -361,6 +363,9 @@ class Core:
         # The moderation of the rooms in memory, and of the server ("*"),
         # as in the store; rooms where a say must be checked against it.
         self._rules: dict[str, Rules] = {}
+        # The stored value each was read from (a cluster's nodes change a
+        # room's moderation only if it is still that: see _save_rules).
+        self._rules_read: dict[str, bytes | None] = {}
         self._guarded: set[str] = set()
         self._held_max = config.held_pm_kb * KIB
         self._held_total_max = config.held_pm_mb * MIB
@@ -1176,11 +1181,7 @@ class Core:
             if self.claims is not None:
                 self.claims.use(new_key, s.peer_key, now)
             for name in s.rooms:
-                if self.directory is not None:
-                    self.rules_changed(name)  # (as in _moderated_room)
-                rules = self._rules_of(name)
-                if rules.rename(nick_key(old), new_key):
-                    self._save_rules(name, rules, now)
+                self._rename_in_rules(name, nick_key(old), new_key, now)
             ts = format_ts(now)
             for name in () if s.quiet else s.rooms:
                 room = self.rooms[name]
@@ -1282,9 +1283,11 @@ class Core:
         while the room is: one of a room nobody is in is read, not kept."""
         rules = self._rules.get(name)
         if rules is None:
-            rules = load_rules(self.store.rules(name))
+            body = self.store.rules(name)
+            rules = load_rules(body)
             if name in self.rooms or name == SERVER_ROOM:
                 self._rules[name] = rules
+                self._rules_read[name] = body
                 self._guard(name, rules)
         return rules
 
@@ -1301,20 +1304,62 @@ class Core:
             self._guarded.discard(name)
 
     def _save_rules(self, name: str, rules: Rules, now: float) -> None:
+        """Keep the room's changed moderation. In a cluster, only if no other
+        node changed it since it was read here (at once, not with the
+        batch): otherwise ``unavailable`` (clients ask again, and the change
+        is made to what the other node left)."""
         rules.prune(now)
-        self.store.set_rules(name, dump_rules(rules))
+        body = dump_rules(rules)
+        if self.directory is None or name not in self._rules:
+            self.store.set_rules(name, body)
+        else:
+            try:
+                swapped = self.store.swap_rules(name, self._rules_read.get(name), body)
+            except StoreError as err:
+                self.rules_changed(name)
+                raise ProtocolError(
+                    Code.UNAVAILABLE, f"the store failed: {err}", retry_ms=UNAVAILABLE_RETRY_MS
+                ) from None
+            if not swapped:
+                self.rules_changed(name)  # (the change made here is dropped with it)
+                raise ProtocolError(
+                    Code.UNAVAILABLE,
+                    f"the moderation of #{name} changed meanwhile on another node; ask again",
+                    retry_ms=RULES_RETRY_MS,
+                )
+            self._rules_read[name] = body
         if name in self._rules:
             self._guard(name, rules)
+
+    def _rename_in_rules(self, name: str, old: str, new: str, now: float) -> None:
+        """Roles and mutes follow a nick change (made already: it is not
+        refused for a race with another node, which is tried again)."""
+        for _ in range(3):
+            if self.directory is not None:
+                self.rules_changed(name)  # (as in _moderated_room)
+            rules = self._rules_of(name)
+            if not rules.rename(old, new):
+                return
+            try:
+                self._save_rules(name, rules, now)
+                return
+            except ProtocolError:
+                continue
+        log.warning(
+            "#%s: the moderation did not follow %s to %s (the store was busy)", name, old, new
+        )
 
     def _unload(self, name: str) -> None:
         """Forget a room nobody here is in (its state stays in the store)."""
         del self.rooms[name]
         self._rules.pop(name, None)
+        self._rules_read.pop(name, None)
         self._guarded.discard(name)
 
     def rules_changed(self, name: str) -> None:
         """Another node changed the room's moderation: read it again."""
         if self._rules.pop(name, None) is not None:
+            self._rules_read.pop(name, None)
             self._guarded.discard(name)
             self._rules_of(name)
 
@@ -1576,19 +1621,31 @@ class Core:
         room, rules, role = self._moderated_room(s, req.room, "kick")
         try:
             key = self._check_target(s, role, "kick", req.nick, rules, room.name)
-            if not self._put_out(room, key, s.nick, req.reason, now, out):
+            if not self._is_in(room, key):
                 raise ProtocolError(Code.NO_SUCH_USER, f"{req.nick} is not in #{room.name}")
+            if key in rules.invited:
+                # Put out of an invite-only room: not back by itself. (Saved
+                # first: a save refused in a cluster must leave nothing done.)
+                rules.invited.remove(key)
+                self._save_rules(room.name, rules, now)
         except ProtocolError:
             self._done_with(room)
             raise
-        if key in rules.invited:
-            rules.invited.remove(key)  # put out of an invite-only room: not back by itself
-            self._save_rules(room.name, rules, now)
+        self._put_out(room, key, s.nick, req.reason, now, out)
         self._tell(key, f"{s.nick} put you out of #{room.name}" + _because(req.reason), out)
         self._acked(
             s, req.id, Ack(id=req.id, room=room.name, seq=room.seq, ts=format_ts(now)), now, out
         )
         self._done_with(room)
+
+    def _is_in(self, room: Room, key: str) -> bool:
+        t = self.nicks.get(key)
+        if t is not None:
+            return room.name in t.rooms
+        if self.directory is None:
+            return False
+        rec = self.directory.find(key)
+        return rec is not None and room.name in rec.rooms and rec.node != self.directory.node
 
     def _put_out(
         self, room: Room, key: str, by: str, reason: str | None, now: float, out: Outbox

@@ -177,6 +177,15 @@ return out
 """
 
 
+# A room's moderation changed only from what the node read (see
+# Core._save_rules); a missing value reads as "".
+_SWAP_RULES = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+
 _REPLACE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
 return 1
@@ -289,6 +298,7 @@ class RedisBackend:
                 )
             raise StoreError(f"cannot use Redis at {describe(url)}: {text}") from None
         self._append = self.r.register_script(_APPEND)
+        self._swap = self.r.register_script(_SWAP_RULES)
         self.failed = False
         self._serial = 0
         # room -> [(provisional seq, body, head)] of the batch
@@ -379,6 +389,12 @@ class RedisBackend:
 
     def set_rules(self, room: str, body: bytes) -> None:
         self._rules[room] = body
+
+    def swap_rules(self, room: str, old: bytes | None, new: bytes) -> bool:
+        try:
+            return bool(self._swap(keys=[room_key(room, "rules")], args=[old or b"", new]))
+        except REDIS_ERRORS as err:
+            raise StoreError(f"cannot write to Redis at {describe(self.url)}: {err}") from None
 
     def rules(self, room: str) -> bytes | None:
         pending = self._rules.get(room)

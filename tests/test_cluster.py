@@ -837,3 +837,56 @@ def test_a_node_changes_a_rooms_moderation_from_what_redis_holds(redis_server: A
         for backend, cluster in made:
             cluster.ps.close()
             backend.close()
+
+
+def test_two_nodes_changing_a_rooms_moderation_at_once_lose_neither_change(
+    redis_server: Any, monkeypatch: Any
+) -> None:
+    """A node changes a room's moderation only if it is still what the node
+    read: the loser of a race is told to ask again (clients do), and then
+    changes what the winner left."""
+    import time
+
+    import messages as m
+    from broker import Config, Core, Outbox
+    from broker._cluster import Cluster
+
+    made = []
+    try:
+        cores = []
+        for node in ("n1", "n2"):
+            backend = RedisBackend(redis_server.url, node=node)
+            cluster = Cluster(backend, node=node, endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+            made.append((backend, cluster))
+            cores.append(Core(Config(), backend, directory=cluster))
+        (b1, _), (b2, _) = made
+        a, b = cores
+        now = time.time()
+
+        def do(core: Core, backend: RedisBackend, ident: bytes, req: Any) -> Any:
+            out = Outbox()
+            core.handle(ident, req, now, out, addr="127.0.0.1")
+            backend.commit()
+            return m.decode_reply((out.free + out.replies)[0][1])
+
+        do(a, b1, b"o", m.Hello(nick="own"))
+        do(a, b1, b"o", m.Join(room="r"))
+        do(b, b2, b"c", m.Hello(nick="carol"))
+        do(b, b2, b"c", m.Join(room="r"))
+        do(a, b1, b"o", m.Op(room="r", nick="carol"))
+        # Node 2 reads the room's moderation, then node 1 changes it before
+        # node 2 writes (as if both acted in the same instant).
+        b.rules_changed("r")
+        monkeypatch.setattr(b, "rules_changed", lambda name: None)
+        do(a, b1, b"o", m.Mute(room="r", nick="mal"))
+        lost = do(b, b2, b"c", m.Voice(room="r", nick="dave"))
+        assert lost.code == "unavailable" and lost.retry_ms
+        monkeypatch.undo()
+        assert isinstance(do(b, b2, b"c", m.Voice(room="r", nick="dave")), m.Ack)  # asked again
+        stored = msgspec.json.decode(redis_server.client().get("zchat:{r}:rules"))
+        assert [x["mask"] for x in stored["mutes"]] == ["nick:mal"]
+        assert stored["roles"] == {"carol": "op", "dave": "voice"}
+    finally:
+        for backend, cluster in made:
+            cluster.ps.close()
+            backend.close()
