@@ -366,6 +366,7 @@ class Core:
         # The stored value each was read from (a cluster's nodes change a
         # room's moderation only if it is still that: see _save_rules).
         self._rules_read: dict[str, bytes | None] = {}
+        self._unreadable: set[str] = set()  # (bounded: one per room stored)
         self._guarded: set[str] = set()
         self._held_max = config.held_pm_kb * KIB
         self._held_total_max = config.held_pm_mb * MIB
@@ -863,7 +864,13 @@ class Core:
             self._may_enter(s, req.room, now)
             room = self._room(req.room)
             rules = self._rules_of(room.name)
-            if room.seq == 0 and rules.owner is None and not rules.roles and not s.quiet:
+            if (
+                room.seq == 0
+                and rules.owner is None
+                and not rules.roles
+                and not s.quiet
+                and room.name not in self._unreadable
+            ):
                 rules.owner = s.key  # the first to come into a new room
                 self._save_rules(room.name, rules, now)
             s.rooms[req.room] = None
@@ -1284,7 +1291,17 @@ class Core:
         rules = self._rules.get(name)
         if rules is None:
             body = self.store.rules(name)
-            rules = load_rules(body)
+            loaded = load_rules(body)
+            if loaded is None:
+                # Not overwritten by a change (a refusal says so), so that
+                # whoever repairs it loses no ban; meanwhile the room has none.
+                if name not in self._unreadable:
+                    log.error("the stored moderation of %s does not read; changes refused", name)
+                    self._unreadable.add(name)
+                loaded = Rules()
+            else:
+                self._unreadable.discard(name)
+            rules = loaded
             if name in self.rooms or name == SERVER_ROOM:
                 self._rules[name] = rules
                 self._rules_read[name] = body
@@ -1308,6 +1325,14 @@ class Core:
         node changed it since it was read here (at once, not with the
         batch): otherwise ``unavailable`` (clients ask again, and the change
         is made to what the other node left)."""
+        if name in self._unreadable:
+            self.rules_changed(name)
+            raise ProtocolError(
+                Code.UNAVAILABLE,
+                f"the stored moderation of {name} does not read: the broker's operator must "
+                "repair or delete it",
+                retry_ms=60_000,
+            )
         rules.prune(now)
         body = dump_rules(rules)
         if self.directory is None or name not in self._rules:

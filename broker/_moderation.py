@@ -180,15 +180,15 @@ _decode = msgspec.json.Decoder(Rules).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def load(body: bytes | None) -> Rules:
+def load(body: bytes | None) -> Rules | None:
+    """The rules stored as ``body``; None when it does not read (damaged,
+    or not this code's)."""
     if body is None:
         return Rules()
     try:
         return _decode(body)
     except msgspec.DecodeError:
-        # Written by this code only; a value that does not read is dropped
-        # rather than stop the room for everyone.
-        return Rules()
+        return None
 
 
 def dump(rules: Rules) -> bytes:

@@ -575,3 +575,22 @@ def test_a_session_taken_back_by_token_is_checked_against_server_bans() -> None:
     w.core._rules.pop("*", None)  # as a node of a cluster reads it: afresh
     refused = w.ask(b"m2", m.Hello(nick="mallory", token=welcome.token))
     assert refused.code == "forbidden" and "banned from this server" in refused.message
+
+
+def test_a_stored_moderation_that_does_not_read_is_not_overwritten(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = world()
+    w.store.set_rules("r", b'{"bans": [broken')
+    w.store.commit()
+    with caplog.at_level("ERROR", logger="zchat.broker"):
+        join_as(w, b"a", "alice")  # the room works, with no moderation
+        join_as(w, b"b", "bob")
+        w.hello(b"root", "root")
+        assert ok(w.ask(b"root", m.Oper(password=PASSWORD)))
+        refused = w.ask(b"root", m.Ban(room="r", nick="bob"))
+        assert refused.code == "unavailable" and "does not read" in refused.message
+    assert w.store.rules("r") == b'{"bans": [broken'
+    assert [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()] == [
+        "the stored moderation of r does not read; changes refused"
+    ]
