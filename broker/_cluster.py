@@ -89,14 +89,20 @@ end
 return 0
 """
 
+# Claims a lapsed session for this node's reaping: its lease is pushed on
+# (ARGV[2]), not removed, and its record kept; the node's batch publishes
+# its leaves and ends it (see Cluster.ended) in one commit. A node that dies
+# before that commit leaves the lease to lapse again, and another reaps it.
 _REAP = """
 local score = redis.call('ZSCORE', KEYS[1], KEYS[2])
 if not score or tonumber(score) > tonumber(ARGV[1]) then return 0 end
-redis.call('ZREM', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], KEYS[2])
-local rec = redis.call('HGETALL', KEYS[2])
-redis.call('DEL', KEYS[2])
-return rec
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[3], KEYS[2])
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], KEYS[2])
+return redis.call('HGETALL', KEYS[2])
 """
 
 _RENAME = """
@@ -451,7 +457,7 @@ class Cluster:
 
     def _reap_due(self, now: float, core: Core, out: Outbox) -> None:
         for k in self.r.zrangebyscore(LEASES, "-inf", now, start=0, num=REAP_BATCH):
-            fields = self._reap(keys=[LEASES, k, ACTIVE], args=[now])
+            fields = self._reap(keys=[LEASES, k, ACTIVE], args=[now, now + self.lease_s])
             if not fields:
                 continue  # renewed meanwhile, or another node reaped it
             pairs = dict(zip(fields[::2], fields[1::2], strict=True))
@@ -459,18 +465,13 @@ class Cluster:
             key = k.decode().rpartition(":u:")[2]
             mine = core.nicks.get(key)
             if mine is not None and rec.node == self.node:
-                # Ours and alive: this node stalled past the lease. Written
-                # again, rather than ended under a client still chatting.
+                # Ours and alive: this node stalled past the lease, which the
+                # claim just renewed; the session goes on.
                 log.warning("%s's lease ran out while this node stalled; renewed", rec.nick)
-                if self.create(key, mine.nick, mine.token, mine.peer_key, mine.quiet, now):
-                    for room in mine.rooms:
-                        self.joined(room, key, mine.nick, mine.quiet)
-                else:
-                    core.moved_away(key, now)  # taken meanwhile: it is the other's now
                 continue
             log.info("%s timed out on node %s, which is gone", rec.nick, rec.node)
             core.reaped(key, rec, now, out)
-            self.backend.ops.append(("delete", _held_stream(key), _held_bytes(key)))
+            self.ended(key, rec.node)  # with its leaves, in the same commit
 
     # --------------------------------------------------------- directory
 

@@ -890,3 +890,48 @@ def test_two_nodes_changing_a_rooms_moderation_at_once_lose_neither_change(
         for backend, cluster in made:
             cluster.ps.close()
             backend.close()
+
+
+def test_a_reaping_node_that_dies_before_its_commit_leaves_the_session_to_reap_again(
+    redis_server: Any,
+) -> None:
+    """Reaping claims a lapsed session (its lease pushed on), and the leaves
+    and the end of its record go in one commit: a node that dies between
+    the two leaves it for another node to reap, not a ghost member."""
+    import time
+
+    import broker._cluster as bc
+    from broker import Config, Core, Outbox
+
+    dead_backend = RedisBackend(redis_server.url, node="dead")
+    dead = bc.Cluster(dead_backend, node="dead", endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+    backend = RedisBackend(redis_server.url, node="n1")
+    cluster = bc.Cluster(backend, node="n1", endpoint="tcp://127.0.0.1:2", timeout_s=3.0)
+    r = redis_server.client()
+    try:
+        now = time.time()
+        assert dead.create("ghost", "ghost", "tok", None, False, now)
+        dead.joined("r", "ghost", "ghost", False)
+        dead_backend.commit()
+        record = bc.session_key("ghost")
+        r.zadd(bc.LEASES, {record: now - 1})  # its node is gone: the lease lapsed
+        core = Core(Config(), backend, directory=cluster)
+        out = Outbox()
+        cluster._reap_due(now, core, out)
+        backend.discard()  # this node dies before its commit
+        assert r.exists(record) and r.zscore(bc.LEASES, record) > now
+        assert cluster.members("r") == [("ghost", False)]
+        later = now + 2 * cluster.lease_s  # the claim lapsed: reaped again
+        core = Core(Config(), backend, directory=cluster)
+        out = Outbox()
+        cluster._reap_due(later, core, out)
+        backend.commit()
+        assert not r.exists(record) and r.zscore(bc.LEASES, record) is None
+        assert cluster.members("r") == []
+        stored = [fields[b"e"] for _, fields in r.xrange("zchat:{r}:log")]
+        leaves = [e for e in stored if b'"type":"leave"' in e]
+        assert len(leaves) == 1 and b'"reason":"timeout"' in leaves[0]
+    finally:
+        for c, b in ((dead, dead_backend), (cluster, backend)):
+            c.ps.close()
+            b.close()
