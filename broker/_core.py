@@ -575,6 +575,11 @@ class Core:
             _HANDLERS[kind](self, session, req, now, out)
         except ProtocolError as err:
             out.reply(ident, _error(err, req.id))
+            # A refusal leaves no room in memory that nobody here is in (a
+            # server operator's, refused after the room was read).
+            room = self.rooms.get(getattr(req, "room", None) or "")
+            if room is not None and not room.members:
+                self._unload(room.name)
 
     def _sessionless(
         self,

@@ -594,3 +594,16 @@ def test_a_stored_moderation_that_does_not_read_is_not_overwritten(
     assert [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()] == [
         "the stored moderation of r does not read; changes refused"
     ]
+
+
+def test_a_refused_operator_leaves_no_empty_room_in_memory() -> None:
+    w = world()
+    join_as(w, b"a", "alice")
+    w.ask(b"a", m.Part(room="r"))  # nobody is in r now
+    w.hello(b"root", "root")
+    assert ok(w.ask(b"root", m.Oper(password=PASSWORD)))
+    assert w.ask(b"root", m.Unban(room="r", mask="nick:nobody")).code == "bad_request"
+    assert w.ask(b"root", m.Kick(room="r", nick="alice")).code == "no_such_user"
+    assert "r" not in w.core.rooms
+    assert ok(w.ask(b"root", m.Ban(room="r", nick="mallory")))  # from outside, allowed
+    assert "r" not in w.core.rooms
