@@ -607,3 +607,8 @@ def test_a_refused_operator_leaves_no_empty_room_in_memory() -> None:
     assert "r" not in w.core.rooms
     assert ok(w.ask(b"root", m.Ban(room="r", nick="mallory")))  # from outside, allowed
     assert "r" not in w.core.rooms
+    # Refused when it saves (a stored value that does not read): no room kept.
+    w.store.set_rules("r", b"{broken")
+    w.store.commit()
+    assert w.ask(b"root", m.Ban(room="r", nick="eve")).code == "unavailable"
+    assert "r" not in w.core.rooms
