@@ -354,6 +354,7 @@ class Client:
         self._id_prefix = secrets.token_hex(4) + "-"
         self._next_id = 0
         self._rooms: dict[str, bool] = {}  # followed rooms: joined or not
+        self._joined_at: dict[str, int] = {}  # room -> the seq of our last join
         self._seq: Sequencer[Any] = Sequencer()
         self._fetching: dict[str, asyncio.Task[Any]] = {}
         # A Reconnected owed once the rooms have what they missed:
@@ -741,6 +742,7 @@ class Client:
             raise
         if name in self._rooms:
             self._rooms[name] = True
+            self._joined_at[name] = reply.seq
             self._apply(self._seq.joined(name, reply.seq, own_event=_own_event(self, reply)))
         return reply
 
@@ -751,6 +753,7 @@ class Client:
         return reply
 
     def _forget_room(self, name: str) -> None:
+        self._joined_at.pop(name, None)
         if self._rooms.pop(name, None) is not None and self._sub is not None:
             self._sub.unsubscribe(room_topic(name))
         self._seq.forget(name)
@@ -1074,8 +1077,12 @@ class Client:
                 isinstance(ev, _m.LeaveEvent)
                 and ev.reason == "kick"
                 and nick_key(ev.nick) == nick_key(self.nick)
+                and ev.seq > self._joined_at.get(ev.room, 0)
             ):
-                put_out.append(ev.room)  # not a member now: not rejoined by a reconnect
+                # Not a member now: not rejoined by a reconnect. (A kick
+                # from before our last join, repaired after a reconnect that
+                # rejoined, is history.)
+                put_out.append(ev.room)
             self._put(ev)
         for name in put_out:
             self._forget_room(name)
@@ -1244,6 +1251,7 @@ class Client:
             if name in self._rooms:  # not parted meanwhile
                 self._rooms[name] = True
                 joins[name] = reply.seq
+                self._joined_at[name] = reply.seq
                 self._apply(self._seq.joined(name, reply.seq, own_event=_own_event(self, reply)))
         if self._offer is not None:
             await self._ask(Offer(commands=self._offer))

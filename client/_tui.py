@@ -180,7 +180,7 @@ class ChatUI:
                     self.show(r.info(f"{who} joined #{room}"))
         if isinstance(item, LeaveEvent):
             self.members.get(item.room, set()).discard(item.nick)
-            if item.reason == "kick" and item.nick == me:
+            if item.reason == "kick" and item.nick == me and item.room not in self.client.rooms:
                 self.show_event(item)
                 self.put_out(item.room)
                 return

@@ -415,3 +415,35 @@ def test_an_address_ban_puts_out_members_on_every_node(
                 await xavier.join("den")
 
     run(body(), 60)
+
+
+def test_a_kick_from_before_the_last_join_does_not_put_the_client_out(broker: Broker) -> None:
+    """After a reconnect that rejoined, history repairs events from before
+    the rejoin, a kick of this client among them: that kick is history."""
+    from client._sequencer import Step
+
+    async def body() -> None:
+        async with Client(broker.endpoint, "alice", rooms=["den"]) as alice:
+            joined_at = alice._joined_at["den"]
+            old = LeaveEvent(
+                room="den",
+                seq=joined_at - 1,
+                ts="2026-11-28T12:00:00.000Z",
+                nick="alice",
+                reason="kick",
+                by="bob",
+            )
+            alice._apply(Step(deliver=[old]))
+            assert alice.rooms == ["den"]
+            new = LeaveEvent(
+                room="den",
+                seq=joined_at + 5,
+                ts="2026-11-28T12:00:00.000Z",
+                nick="alice",
+                reason="kick",
+                by="bob",
+            )
+            alice._apply(Step(deliver=[new]))
+            assert alice.rooms == []
+
+    run(body())
