@@ -108,3 +108,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in HEAVY or "full_speed" in item.name:
             item.add_marker(pytest.mark.xdist_group("heavy"))
+
+
+@pytest.fixture
+def nodes(make_broker: Callable[..., Broker], redis_server: Any) -> Callable[..., list[Broker]]:
+    """``nodes(n, *flags)``: n brokers, nodes of a cluster on one Redis,
+    with short timeouts, so faults show quickly."""
+
+    def make(n: int, *args: str) -> list[Broker]:
+        return [
+            make_broker(
+                "--cluster",
+                redis_server.url,
+                "--timeout-ms",
+                "3000",
+                "--heartbeat-ms",
+                "500",
+                *args,
+            )
+            for _ in range(n)
+        ]
+
+    return make

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 import pytest
 
+from broker import Config, Core, Outbox
 from broker._backend import SEARCH_SCAN
+from broker._cluster import Cluster
 from broker._keys import keygen
 from broker._redis import RedisBackend
 from client import Client, Reconnected, ZchatError
 from client._keys import curve_keys
-from messages import JoinEvent, LeaveEvent, MsgEvent, Pm, PmPush, encode
+from messages import JoinEvent, LeaveEvent, MsgEvent, Pm, PmPush, decode_reply, encode
 
 from .helpers import Broker, PausableProxy, run, wait_until, whole_history
 from .redis_servers import RedisServer
@@ -25,25 +28,6 @@ async def _until(client: Client, pred: Callable[[Any], bool], timeout: float = 1
         item = await client.next_item(timeout)
         if pred(item):
             return item
-
-
-@pytest.fixture
-def nodes(make_broker: Callable[..., Broker], redis_server: Any) -> Callable[[int], list[Broker]]:
-    def make(n: int, *args: str) -> list[Broker]:
-        return [
-            make_broker(
-                "--cluster",
-                redis_server.url,
-                "--timeout-ms",
-                "3000",
-                "--heartbeat-ms",
-                "500",
-                *args,
-            )
-            for _ in range(n)
-        ]
-
-    return make
 
 
 def test_clients_on_different_nodes_chat(nodes: Callable[[int], list[Broker]]) -> None:
@@ -799,44 +783,23 @@ def test_a_node_changes_a_rooms_moderation_from_what_redis_holds(redis_server: A
     import time
 
     import messages as m
-    from broker import Config, Core, Outbox
-    from broker._cluster import Cluster
 
-    made = []
-    try:
-        cores = []
-        for node in ("n1", "n2"):
-            backend = RedisBackend(redis_server.url, node=node)
-            cluster = Cluster(backend, node=node, endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
-            made.append((backend, cluster))
-            cores.append(Core(Config(), backend, directory=cluster))
-        (b1, _), (b2, _) = made
-        a, b = cores
-        now = time.time()
+    with two_nodes(redis_server) as (a, b):
+        do = _do(time.time())
 
-        def do(core: Core, backend: RedisBackend, ident: bytes, req: Any) -> Any:
-            out = Outbox()
-            core.handle(ident, req, now, out, addr="127.0.0.1")
-            backend.commit()
-            return m.decode_reply((out.free + out.replies)[0][1])
-
-        do(a, b1, b"o", m.Hello(nick="own"))
-        do(a, b1, b"o", m.Join(room="r"))
-        do(a, b1, b"x", m.Hello(nick="mal"))
-        do(a, b1, b"x", m.Join(room="r"))
-        do(b, b2, b"c", m.Hello(nick="carol"))
-        do(b, b2, b"c", m.Join(room="r"))  # node 2 reads the room's moderation
-        assert isinstance(do(a, b1, b"o", m.Mute(room="r", nick="mal")), m.Ack)
-        assert isinstance(do(a, b1, b"x", m.Nick(nick="mal2")), m.NickReply)
-        do(a, b1, b"o", m.Op(room="r", nick="carol"))
-        assert isinstance(do(b, b2, b"c", m.Voice(room="r", nick="dave")), m.Ack)
+        do(a, b"o", m.Hello(nick="own"))
+        do(a, b"o", m.Join(room="r"))
+        do(a, b"x", m.Hello(nick="mal"))
+        do(a, b"x", m.Join(room="r"))
+        do(b, b"c", m.Hello(nick="carol"))
+        do(b, b"c", m.Join(room="r"))  # node 2 reads the room's moderation
+        assert isinstance(do(a, b"o", m.Mute(room="r", nick="mal")), m.Ack)
+        assert isinstance(do(a, b"x", m.Nick(nick="mal2")), m.NickReply)
+        do(a, b"o", m.Op(room="r", nick="carol"))
+        assert isinstance(do(b, b"c", m.Voice(room="r", nick="dave")), m.Ack)
         stored = msgspec.json.decode(redis_server.client().get("zchat:{r}:rules"))
         assert [x["mask"] for x in stored["mutes"]] == ["nick:mal2"]
         assert stored["roles"] == {"carol": "op", "dave": "voice"}
-    finally:
-        for backend, cluster in made:
-            cluster.ps.close()
-            backend.close()
 
 
 def test_two_nodes_changing_a_rooms_moderation_at_once_lose_neither_change(
@@ -848,48 +811,27 @@ def test_two_nodes_changing_a_rooms_moderation_at_once_lose_neither_change(
     import time
 
     import messages as m
-    from broker import Config, Core, Outbox
-    from broker._cluster import Cluster
 
-    made = []
-    try:
-        cores = []
-        for node in ("n1", "n2"):
-            backend = RedisBackend(redis_server.url, node=node)
-            cluster = Cluster(backend, node=node, endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
-            made.append((backend, cluster))
-            cores.append(Core(Config(), backend, directory=cluster))
-        (b1, _), (b2, _) = made
-        a, b = cores
-        now = time.time()
+    with two_nodes(redis_server) as (a, b):
+        do = _do(time.time())
 
-        def do(core: Core, backend: RedisBackend, ident: bytes, req: Any) -> Any:
-            out = Outbox()
-            core.handle(ident, req, now, out, addr="127.0.0.1")
-            backend.commit()
-            return m.decode_reply((out.free + out.replies)[0][1])
-
-        do(a, b1, b"o", m.Hello(nick="own"))
-        do(a, b1, b"o", m.Join(room="r"))
-        do(b, b2, b"c", m.Hello(nick="carol"))
-        do(b, b2, b"c", m.Join(room="r"))
-        do(a, b1, b"o", m.Op(room="r", nick="carol"))
+        do(a, b"o", m.Hello(nick="own"))
+        do(a, b"o", m.Join(room="r"))
+        do(b, b"c", m.Hello(nick="carol"))
+        do(b, b"c", m.Join(room="r"))
+        do(a, b"o", m.Op(room="r", nick="carol"))
         # Node 2 reads the room's moderation, then node 1 changes it before
         # node 2 writes (as if both acted in the same instant).
         b.rules_changed("r")
         monkeypatch.setattr(b, "rules_changed", lambda name: None)
-        do(a, b1, b"o", m.Mute(room="r", nick="mal"))
-        lost = do(b, b2, b"c", m.Voice(room="r", nick="dave"))
+        do(a, b"o", m.Mute(room="r", nick="mal"))
+        lost = do(b, b"c", m.Voice(room="r", nick="dave"))
         assert lost.code == "unavailable" and lost.retry_ms
         monkeypatch.undo()
-        assert isinstance(do(b, b2, b"c", m.Voice(room="r", nick="dave")), m.Ack)  # asked again
+        assert isinstance(do(b, b"c", m.Voice(room="r", nick="dave")), m.Ack)  # asked again
         stored = msgspec.json.decode(redis_server.client().get("zchat:{r}:rules"))
         assert [x["mask"] for x in stored["mutes"]] == ["nick:mal"]
         assert stored["roles"] == {"carol": "op", "dave": "voice"}
-    finally:
-        for backend, cluster in made:
-            cluster.ps.close()
-            backend.close()
 
 
 def test_a_reaping_node_that_dies_before_its_commit_leaves_the_session_to_reap_again(
@@ -935,3 +877,32 @@ def test_a_reaping_node_that_dies_before_its_commit_leaves_the_session_to_reap_a
         for c, b in ((dead, dead_backend), (cluster, backend)):
             c.ps.close()
             b.close()
+
+
+@contextlib.contextmanager
+def two_nodes(redis_server: Any) -> Iterator[tuple[Core, Core]]:
+    """Two nodes' cores on one Redis, in this process (no sockets): what
+    they do is what ``Core.handle`` and a commit do."""
+    made = []
+    try:
+        cores = []
+        for node in ("n1", "n2"):
+            backend = RedisBackend(redis_server.url, node=node)
+            cluster = Cluster(backend, node=node, endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+            made.append((backend, cluster))
+            cores.append(Core(Config(), backend, directory=cluster))
+        yield cores[0], cores[1]
+    finally:
+        for backend, cluster in made:
+            cluster.ps.close()
+            backend.close()
+
+
+def _do(now: float) -> Callable[..., Any]:
+    def do(core: Core, ident: bytes, req: Any) -> Any:
+        out = Outbox()
+        core.handle(ident, req, now, out, addr="127.0.0.1")
+        core.store.commit()
+        return decode_reply((out.free + out.replies)[0][1])
+
+    return do

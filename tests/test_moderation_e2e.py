@@ -204,23 +204,11 @@ def test_the_antiflood_bot_mutes_a_flooder_and_not_the_polite(broker: Broker) ->
 
 
 def test_moderation_is_shared_by_the_nodes_of_a_cluster(
-    make_broker: Callable[..., Broker], redis_server: Any, tmp_path: Path
+    nodes: Callable[..., list[Broker]], tmp_path: Path
 ) -> None:
     secret = tmp_path / "oper.txt"
     secret.write_text(PASSWORD + "\n")
-    a, b = (
-        make_broker(
-            "--cluster",
-            redis_server.url,
-            "--timeout-ms",
-            "3000",
-            "--heartbeat-ms",
-            "500",
-            "--oper-password-file",
-            str(secret),
-        )
-        for _ in range(2)
-    )
+    a, b = nodes(2, "--oper-password-file", str(secret))
 
     async def body() -> None:
         async with (
@@ -384,12 +372,9 @@ def test_zchat_bot_antiflood_as_a_server_operator(
 
 
 def test_an_address_ban_puts_out_members_on_every_node(
-    make_broker: Callable[..., Broker], redis_server: Any
+    nodes: Callable[..., list[Broker]],
 ) -> None:
-    a, b = (
-        make_broker("--cluster", redis_server.url, "--timeout-ms", "3000", "--heartbeat-ms", "500")
-        for _ in range(2)
-    )
+    a, b = nodes(2)
 
     async def body() -> None:
         async with (
