@@ -1501,7 +1501,10 @@ class Core:
         on: bool | None = None,
         until: float | None = None,
         text: str | None = None,
-    ) -> None:
+        answer: bool = True,
+    ) -> Ack:
+        """Publish (and store) a moderation change made by ``s``; answer its
+        request (``rid``) with the event's seq unless told not to."""
         seq = self._next(room)
         ts = format_ts(now)
         self._event(
@@ -1520,7 +1523,10 @@ class Core:
             now,
             out,
         )
-        self._acked(s, rid, Ack(id=rid, room=room.name, seq=seq, ts=ts), now, out)
+        ack = Ack(id=rid, room=room.name, seq=seq, ts=ts)
+        if answer:
+            self._acked(s, rid, ack, now, out)
+        return ack
 
     def _acked(self, s: Session, rid: str | None, ack: Ack, now: float, out: Outbox) -> None:
         """Answer a moderation request, and answer its resends alike."""
@@ -1903,19 +1909,12 @@ class Core:
             if flag == "invite_only" and on:
                 self._invite_present(room, rules, now)
         self._save_rules(room.name, rules, now)
-        ack: Ack | None = None
-        for flag, on in changes:
-            seq = self._next(room)
-            ts = format_ts(now)
-            self._event(
-                room,
-                ModeEvent(room=room.name, seq=seq, ts=ts, nick=s.nick, mode=flag, on=on),
-                now,
-                out,
-            )
-            ack = Ack(id=req.id, room=room.name, seq=seq, ts=ts)
-        assert ack is not None
-        self._acked(s, req.id, ack, now, out)
+        # An event each; the request is answered with the last one's seq.
+        acks = [
+            self._mode_event(s, req.id, room, flag, now, out, on=on, answer=False)
+            for flag, on in changes
+        ]
+        self._acked(s, req.id, acks[-1], now, out)
         self._done_with(room)
 
     def _bans(self, s: Session, req: Bans, now: float, out: Outbox) -> None:
