@@ -207,6 +207,9 @@ class Directory(Protocol):
     def records(self, keys: list[str]) -> list[SessionRecord | None]:
         """:meth:`find` for each of ``keys``, in one round trip."""
 
+    def sessions(self) -> Iterator[tuple[str, SessionRecord]]:
+        """Every session of the cluster, with its key."""
+
     def create(
         self,
         key: str,

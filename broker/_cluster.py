@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -163,6 +163,8 @@ for i, e in ipairs(entries) do frames[i] = e[2][2] end
 return frames
 """
 
+# Sessions read at a time when every session is looked at (a server ban).
+SESSIONS_PAGE = 1000
 # Events read from a room's stream at a time, to fill a gap.
 FILL_PAGE = 1000
 
@@ -478,6 +480,19 @@ class Cluster:
     def find(self, key: str) -> SessionRecord | None:
         fields = self.r.hgetall(session_key(key))
         return _record(fields) if fields else None
+
+    def sessions(self) -> Iterator[tuple[str, SessionRecord]]:
+        # A thousand at a time: the leases list every session.
+        start = 0
+        while True:
+            chunk = self.r.zrange(LEASES, start, start + SESSIONS_PAGE - 1)
+            keys = [k.decode().rpartition(":u:")[2] for k in chunk]
+            for key, rec in zip(keys, self.records(keys), strict=True):
+                if rec is not None:
+                    yield key, rec
+            if len(chunk) < SESSIONS_PAGE:
+                return
+            start += SESSIONS_PAGE
 
     def records(self, keys: list[str]) -> list[SessionRecord | None]:
         pipe = self.r.pipeline(transaction=False)

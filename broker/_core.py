@@ -1818,13 +1818,15 @@ class Core:
             if t is not s:
                 banned = f"{s.nick} banned you from this server" + _why(entry)
                 self._kill_session(t, s.nick, req.reason, now, out, notice=banned)
-        kind, _, value = entry.mask.partition(":")
-        if kind == "nick" and self.directory is not None and value not in self.nicks:
-            rec = self.directory.find(value)
-            if rec is not None and rec.node != self.directory.node:
-                # On another node: ended as a kill there is (see _kill).
-                self._leave_everywhere(value, rec, "kick", now, out, req.reason, s.nick)
-                self.directory.ended(value, rec.node)
+        if self.directory is not None:
+            # The sessions of other nodes it covers: ended as a kill is (see
+            # _kill). A rare operator's act, worth a look at every session.
+            for key, rec in self.directory.sessions():
+                if rec.node == self.directory.node or key == s.key:
+                    continue
+                if Identity(rec.nick, rec.peer_key or None, rec.addr).matches(entry.mask):
+                    self._leave_everywhere(key, rec, "kick", now, out, req.reason, s.nick)
+                    self.directory.ended(key, rec.node)
         self._acked(s, req.id, Ack(id=req.id, ts=format_ts(now)), now, out)
 
     def _unban(self, s: Session, req: Unban, now: float, out: Outbox) -> None:

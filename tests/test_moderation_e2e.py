@@ -432,3 +432,34 @@ def test_a_kick_from_before_the_last_join_does_not_put_the_client_out(broker: Br
             assert alice.rooms == []
 
     run(body())
+
+
+def test_a_server_ban_by_address_ends_sessions_on_every_node(
+    nodes: Callable[..., list[Broker]], tmp_path: Path
+) -> None:
+    secret = tmp_path / "oper.txt"
+    secret.write_text(PASSWORD + "\n")
+    a, b = nodes(2, "--oper-password-file", str(secret))
+
+    async def body() -> None:
+        async with (
+            Client(a.endpoint, "root", rooms=["hall"]) as root,
+            Client(b.endpoint, "yves", rooms=["hall"]),
+        ):
+            await root.oper(PASSWORD)
+            await root.ban("*", mask="addr:127.0.0.0/8", reason="the whole block")
+            left = await until(root, lambda i: isinstance(i, LeaveEvent) and i.nick == "yves")
+            assert (left.reason, left.by, left.text) == ("kick", "root", "the whole block")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while True:
+                with pytest.raises(RequestRefused) as refused:
+                    async with Client(b.endpoint, "yves2", rooms=[]):
+                        pass
+                if refused.value.code == "forbidden" or loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert "banned from this server" in refused.value.message
+            await root.unban("*", "addr:127.0.0.0/8")
+
+    run(body(), 60)
