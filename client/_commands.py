@@ -369,7 +369,10 @@ MODE_WORDS = ("invite_only", "moderated", "topic_lock")
 async def _mode(ui: ChatUI, rest: str) -> bool:
     words = rest.split()
     if not words:
-        raise Usage("turn settings on with +, off with -: " + ", ".join(MODE_WORDS))
+        room = _here(ui)
+        on = [f for f in MODE_WORDS if f in ui.modes.get(room, ())]
+        ui.show(r.info(f"#{room} is {r.modes_words(on)}; /mode +SETTING or -SETTING"))
+        return True
     flags: dict[str, bool] = {}
     for word in words:
         flag = word[1:].replace("-", "_")
@@ -468,8 +471,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("unmute", "NICK", "let NICK speak again", _role_command("unmute")),
     Command(
         "mode",
-        "+|-SETTING...",
-        "turn the room's settings on or off: invite_only, moderated, topic_lock",
+        "[+|-SETTING...]",
+        "show the room's settings, or turn them on or off: invite_only, moderated, topic_lock",
         _mode,
         completes="mode",
     ),

@@ -198,6 +198,7 @@ class FullscreenUI(ChatUI):
     def on_joined(self, joined: Joined) -> None:
         view = self.view(joined.room)
         view.topic = joined.topic
+        self.roles[joined.room] = dict(joined.roles or {})  # marked before the first who
         self.viewing = joined.room
         self.app.rebuild()
 

@@ -213,6 +213,19 @@ _FLAG_WORDS = {
 }
 
 
+_SETTING_WORDS = {
+    "invite_only": "invite-only",
+    "moderated": "moderated (voices speak)",
+    "topic_lock": "topic-locked",
+}
+
+
+def modes_words(modes: Iterable[str]) -> str:
+    """A room's settings, in words: "invite-only, topic-locked"."""
+    words = [_SETTING_WORDS.get(m, safe(m)) for m in modes]
+    return ", ".join(words) if words else "open to all, with no settings on"
+
+
 def mask_words(mask: str) -> str:
     """A ban's mask for people: ``nick:dave`` is "dave", ``addr:10.0.0.0/8``
     "the address 10.0.0.0/8", ``key:...`` "the key" and its fingerprint."""

@@ -28,6 +28,7 @@ from messages import (
     Joined,
     JoinEvent,
     LeaveEvent,
+    ModeEvent,
     MsgEvent,
     NickEvent,
     PmPush,
@@ -73,6 +74,9 @@ class ChatUI:
         self.wrap = wrap
         self.current: str | None = None
         self.members: dict[str, set[str]] = {}
+        # The settings on in each room (invite_only, moderated, topic_lock),
+        # from joined and kept by its mode events.
+        self.modes: dict[str, set[str]] = {}
         self.last_day: date | None = None
         self.bot_commands: list[Any] = []
         self.status = "connected"
@@ -195,6 +199,9 @@ class ChatUI:
                 k: t for k, t in self._nick_changes.items() if now - t < NICK_ECHO_S
             }
             self._nick_changes[key] = now
+        if isinstance(item, ModeEvent) and item.on is not None:
+            flags = self.modes.setdefault(item.room, set())
+            (flags.add if item.on else flags.discard)(item.mode)
         self.show_event(item)
         if (isinstance(item, MsgEvent) and item.from_ != me and r.mentions(item.text, me)) or (
             isinstance(item, PmPush) and item.from_ != me
@@ -288,6 +295,7 @@ class ChatUI:
         joined = await self.client.join(name)
         self.current = joined.room
         self.members[joined.room] = set(joined.members)
+        self.modes[joined.room] = set(joined.modes or ())
         self.on_joined(joined)
         if backlog and joined.seq > 1:
             events, _ = await self.client.history(joined.room, before=joined.seq, limit=backlog)
@@ -298,6 +306,8 @@ class ChatUI:
                     self.show_event(ev)
         if joined.topic:
             self.show(r.info(f"topic of #{joined.room}: {joined.topic}"))
+        if joined.modes:
+            self.show(r.info(f"#{joined.room} is {r.modes_words(joined.modes)}"))
         people = ", ".join(sorted(joined.members, key=str.lower))
         count = joined.member_count or len(joined.members)
         more = f" and {count - len(joined.members)} more" if count > len(joined.members) else ""

@@ -294,7 +294,7 @@ def test_the_terminal_commands_moderate_and_refuse_mistypes(
                     "/kick": "usage: /kick NICK [REASON]",
                     "/op a b": "usage: /op NICK",
                     "/mode moderated": "settings are +/- invite_only, moderated, topic_lock",
-                    "/mode": "turn settings on with +",
+                    "/mode": "#ops is open to all, with no settings on; /mode +SETTING",
                     "/ban -key": "usage: /ban",
                     "/ban -addr addr:10.0.0.1": "-key and -addr go with a nick",
                     "/mute 9lives": "not valid",
@@ -311,6 +311,14 @@ def test_the_terminal_commands_moderate_and_refuse_mistypes(
                 for line in ("/op bob", "/mode +moderated +topic_lock", "/mute bob 10m too loud"):
                     assert await ui.handle(line) is True
                 muted = await next_of(bob, ModeEvent, lambda e: e.mode == "mute")
+                while True:  # what alice's screen is shown, as its loop would
+                    item = await ui.client.next_item(10)
+                    ui.on_item(item)
+                    if isinstance(item, ModeEvent) and item.mode == "mute":
+                        break
+                before = len(s.text())
+                assert await ui.handle("/mode") is True  # from the events shown
+                assert "#ops is moderated (voices speak), topic-locked" in s.text()[before:]
                 assert (muted.target, muted.text) == ("bob", "too loud") and muted.until
                 before = len(s.text())
                 assert await ui.handle("/bans") is True
