@@ -1435,7 +1435,7 @@ class Core:
 
     def _may_speak(self, s: Session, name: str, now: float) -> None:
         rules = self._rules_of(name)
-        muted = rules.muted(s.key, now)
+        muted = rules.muted(s.key, now, s.peer_key)
         if muted is not None and not s.oper:
             raise ProtocolError(Code.FORBIDDEN, f"you are muted in #{name}" + _why(muted))
         if "moderated" in rules.modes and not may(self._role(s, rules), "speak"):
@@ -1864,13 +1864,30 @@ class Core:
             self._done_with(room)
             raise
         until = None if req.duration_s is None else now + req.duration_s
-        entry = Entry(mask=mask, by=s.nick, at=now, until=until, reason=req.reason)
+        entry = Entry(
+            mask=mask,
+            by=s.nick,
+            at=now,
+            until=until,
+            reason=req.reason,
+            key=self._peer_key_of(key),
+        )
         rules.mutes = [m for m in rules.mutes if m.mask != mask] + [entry]
         self._save_rules(room.name, rules, now)
         self._mode_event(
             s, req.id, room, "mute", now, out, target=req.nick, until=until, text=req.reason
         )
         self._done_with(room)
+
+    def _peer_key_of(self, key: str) -> str | None:
+        """The CURVE key of the session ``key``, on this node or another."""
+        t = self.nicks.get(key)
+        if t is not None:
+            return t.peer_key
+        if self.directory is not None:
+            rec = self.directory.find(key)
+            return rec.peer_key or None if rec is not None else None
+        return None
 
     def _unmute(self, s: Session, req: Unmute, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):

@@ -75,6 +75,9 @@ class Entry(msgspec.Struct, frozen=True, omit_defaults=True):
     at: float
     until: float | None = None
     reason: str | None = None
+    # A mute's: the CURVE key of who was muted, when known: the mute holds
+    # for that key under any nick (no leaving, renaming and coming back).
+    key: str | None = None
 
     def live(self, now: float) -> bool:
         return self.until is None or self.until > now
@@ -104,9 +107,9 @@ class Rules(msgspec.Struct, omit_defaults=True):
         self.bans, self.mutes = bans, mutes
         return changed
 
-    def muted(self, key: str, now: float) -> Entry | None:
+    def muted(self, key: str, now: float, peer_key: str | None = None) -> Entry | None:
         for m in self.mutes:
-            if m.mask == f"nick:{key}" and m.live(now):
+            if (m.mask == f"nick:{key}" or (peer_key and m.key == peer_key)) and m.live(now):
                 return m
         return None
 

@@ -612,3 +612,18 @@ def test_a_refused_operator_leaves_no_empty_room_in_memory() -> None:
     w.store.commit()
     assert w.ask(b"root", m.Ban(room="r", nick="eve")).code == "unavailable"
     assert "r" not in w.core.rooms
+
+
+def test_with_curve_a_mute_holds_for_the_key_under_any_nick() -> None:
+    w = world()
+    join_as(w, b"a", "alice", key="A" * 40)
+    join_as(w, b"b", "bob", key="B" * 40)
+    assert ok(ask_as(w, b"a", m.Mute(room="r", nick="bob"), "A" * 40))
+    ask_as(w, b"b", m.Part(room="r"), "B" * 40)
+    ask_as(w, b"b", m.Nick(nick="robert"), "B" * 40)
+    assert isinstance(ask_as(w, b"b", m.Join(room="r"), "B" * 40), m.Joined)
+    refused = ask_as(w, b"b", m.Say(room="r", text="a new nick, the same key"), "B" * 40)
+    assert refused.code == "forbidden" and "muted" in refused.message
+    # Others are not muted by it.
+    join_as(w, b"c", "carol", key="C" * 40)
+    assert ok(ask_as(w, b"c", m.Say(room="r", text="not me"), "C" * 40))
