@@ -89,20 +89,18 @@ end
 return 0
 """
 
-# Claims a lapsed session for this node's reaping: its lease is pushed on
-# (ARGV[2]), not removed, and its record kept; the node's batch publishes
-# its leaves and ends it (see Cluster.ended) in one commit. A node that dies
-# before that commit leaves the lease to lapse again, and another reaps it.
+# Takes a lapsed session for this node's reaping, at once: its record is
+# gone before the reaping node's batch publishes its leaves, so no other
+# node reaps it again and no token takes it back meanwhile (Cluster._reap_due
+# also takes it out of its rooms' member lists at once).
 _REAP = """
 local score = redis.call('ZSCORE', KEYS[1], KEYS[2])
 if not score or tonumber(score) > tonumber(ARGV[1]) then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], KEYS[2])
-  redis.call('ZREM', KEYS[3], KEYS[2])
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[2], KEYS[2])
-return redis.call('HGETALL', KEYS[2])
+redis.call('ZREM', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], KEYS[2])
+local rec = redis.call('HGETALL', KEYS[2])
+redis.call('DEL', KEYS[2])
+return rec
 """
 
 _RENAME = """
@@ -411,20 +409,28 @@ class Cluster:
     def _verify_sessions(self, now: float, core: Core, out: Outbox) -> None:
         """After the subscription was lost: a session taken by another node
         meanwhile is forgotten here (its "moved" never came: left to time
-        out, it would publish leaves for a client alive elsewhere), and
-        private messages held for this node's sessions are delivered (their
-        "pm" never came)."""
+        out, it would publish leaves for a client alive elsewhere), one put
+        out of a room by another node leaves it here (its "out" never came:
+        a quiet one has no leave to see), and private messages held for this
+        node's sessions are delivered (their "pm" never came)."""
+        if self.backend.ops or self.backend.failed:
+            return  # writes of this node wait: records may not show them yet
         mine = list(core.sessions.values())
         pipe = self.r.pipeline(transaction=False)
         for s in mine:
-            pipe.hget(session_key(s.key), "node")
+            pipe.hgetall(session_key(s.key))
             pipe.get(_held_bytes(s.key))
         answers = pipe.execute()
-        for s, node, held in zip(mine, answers[::2], answers[1::2], strict=True):
-            if node is not None and node.decode() != self.node:
+        for s, fields, held in zip(mine, answers[::2], answers[1::2], strict=True):
+            rec = _record(fields) if fields else None
+            if rec is not None and rec.node != self.node:
                 log.warning("%s moved to another node while the subscription was lost", s.nick)
                 core.moved_away(s.key, now)
-            elif held:
+                continue
+            if rec is not None:
+                for room in [r for r in s.rooms if r not in rec.rooms]:
+                    core.put_out_here(room, s.key)
+            if held:
                 out.pushes.extend((s.ident, f) for f in self.take_held(s.key))
         self._verify = False
 
@@ -459,7 +465,7 @@ class Cluster:
 
     def _reap_due(self, now: float, core: Core, out: Outbox) -> None:
         for k in self.r.zrangebyscore(LEASES, "-inf", now, start=0, num=REAP_BATCH):
-            fields = self._reap(keys=[LEASES, k, ACTIVE], args=[now, now + self.lease_s])
+            fields = self._reap(keys=[LEASES, k, ACTIVE], args=[now])
             if not fields:
                 continue  # renewed meanwhile, or another node reaped it
             pairs = dict(zip(fields[::2], fields[1::2], strict=True))
@@ -467,13 +473,26 @@ class Cluster:
             key = k.decode().rpartition(":u:")[2]
             mine = core.nicks.get(key)
             if mine is not None and rec.node == self.node:
-                # Ours and alive: this node stalled past the lease, which the
-                # claim just renewed; the session goes on.
+                # Ours and alive: this node stalled past the lease. Written
+                # again, rather than ended under a client still chatting.
                 log.warning("%s's lease ran out while this node stalled; renewed", rec.nick)
+                if self.create(key, mine.nick, mine.token, mine.peer_key, mine.quiet, now):
+                    for room in mine.rooms:
+                        self.joined(room, key, mine.nick, mine.quiet)
+                else:
+                    core.moved_away(key, now)  # taken meanwhile: it is the other's now
                 continue
             log.info("%s timed out on node %s, which is gone", rec.nick, rec.node)
+            if rec.rooms:
+                # Out of its rooms' member lists now, not with the batch: a
+                # node dying before its commit loses the leaves (members see
+                # none), never the lists (who, rooms, joins stay right).
+                pipe = self.r.pipeline(transaction=False)
+                for room in rec.rooms:
+                    pipe.hdel(room_key(room, "members"), key)
+                pipe.execute()
             core.reaped(key, rec, now, out)
-            self.ended(key, rec.node)  # with its leaves, in the same commit
+            self.backend.ops.append(("delete", _held_stream(key), _held_bytes(key)))
 
     # --------------------------------------------------------- directory
 
@@ -482,17 +501,26 @@ class Cluster:
         return _record(fields) if fields else None
 
     def sessions(self) -> Iterator[tuple[str, SessionRecord]]:
-        # A thousand at a time: the leases list every session.
-        start = 0
-        while True:
-            chunk = self.r.zrange(LEASES, start, start + SESSIONS_PAGE - 1)
-            keys = [k.decode().rpartition(":u:")[2] for k in chunk]
-            for key, rec in zip(keys, self.records(keys), strict=True):
-                if rec is not None:
-                    yield key, rec
-            if len(chunk) < SESSIONS_PAGE:
-                return
-            start += SESSIONS_PAGE
+        # ZSCAN, not pages by rank: leases are renewed (their order changes)
+        # every second, and a rank page would skip some and repeat others.
+        # A scan returns each session there all along at least once; the
+        # repeats it may give are dropped.
+        seen: set[str] = set()
+        batch: list[str] = []
+        for member, _score in self.r.zscan_iter(LEASES, count=SESSIONS_PAGE):
+            key = member.decode().rpartition(":u:")[2]
+            if key not in seen:
+                seen.add(key)
+                batch.append(key)
+            if len(batch) >= SESSIONS_PAGE:
+                yield from self._found(batch)
+                batch = []
+        yield from self._found(batch)
+
+    def _found(self, keys: list[str]) -> Iterator[tuple[str, SessionRecord]]:
+        for key, rec in zip(keys, self.records(keys), strict=True):
+            if rec is not None:
+                yield key, rec
 
     def records(self, keys: list[str]) -> list[SessionRecord | None]:
         pipe = self.r.pipeline(transaction=False)
