@@ -1192,8 +1192,6 @@ class Core:
             self.skeletons[s.skeleton] = s
             if self.claims is not None:
                 self.claims.use(new_key, s.peer_key, now)
-            for name in s.rooms:
-                self._rename_in_rules(name, nick_key(old), new_key, now)
             ts = format_ts(now)
             for name in () if s.quiet else s.rooms:
                 room = self.rooms[name]
@@ -1203,6 +1201,10 @@ class Core:
                     now,
                     out,
                 )
+            # After the events: the change is made, and a store that fails
+            # here (in a cluster) must not keep the rooms from hearing of it.
+            for name in s.rooms:
+                self._rename_in_rules(name, nick_key(old), new_key, now)
         out.reply(s.ident, NickReply(id=req.id, old=old, new=req.nick))
 
     def _topic(self, s: Session, req: Topic, now: float, out: Outbox) -> None:
