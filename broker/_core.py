@@ -143,6 +143,9 @@ VERSION = "0.1.0"
 ROOMS_MEMBERS_MAX = 50
 # Room of a reply's page left for its envelope (type, id, room, more...).
 ENVELOPE_BYTES = 512
+# A moderation change costs a token more for each so many bytes of the
+# room's moderation, which it rewrites whole.
+RULES_TOKEN_BYTES = 16 * 1024
 # How soon to ask again when another node changed a room's moderation first.
 RULES_RETRY_MS = 20
 # Wrong operator passwords are logged at most once in this many seconds.
@@ -1344,6 +1347,8 @@ class Core:
         body = dump_rules(rules)
         if self.directory is None or name not in self._rules:
             self.store.set_rules(name, body)
+            if name in self._rules:
+                self._rules_read[name] = body  # (its size prices the next change)
         else:
             try:
                 swapped = self.store.swap_rules(name, self._rules_read.get(name), body)
@@ -1445,7 +1450,9 @@ class Core:
                 Code.FORBIDDEN, f"#{name} is moderated: only people with a voice speak"
             )
 
-    def _moderated_room(self, s: Session, name: str, action: str) -> tuple[Room, Rules, str]:
+    def _moderated_room(
+        self, s: Session, name: str, action: str, now: float
+    ) -> tuple[Room, Rules, str]:
         """The room an operator acts in, its rules, and the actor's role; a
         server operator needs not be in it."""
         if name not in s.rooms and not s.oper:
@@ -1462,6 +1469,16 @@ class Core:
             raise ProtocolError(
                 Code.FORBIDDEN, f"only operators of #{name} may {_ACTION_WORDS.get(action, action)}"
             )
+        stored = len(self._rules_read.get(name) or b"")
+        if self._limited and stored >= RULES_TOKEN_BYTES:
+            # Each change rewrites the whole of it (a list of 500 bans with
+            # reasons is 200 KiB): a token more per RULES_TOKEN_BYTES, so an
+            # owner's writes to the store stay in proportion to what it says.
+            try:
+                self._spend(s, now, stored // RULES_TOKEN_BYTES)
+            except ProtocolError:
+                self._done_with(room)
+                raise
         return room, rules, role
 
     def _done_with(self, room: Room) -> None:
@@ -1553,7 +1570,7 @@ class Core:
     def _set_role(self, s: Session, req: Any, now: float, out: Outbox, action: str) -> None:
         if self._repeat(s, req.id, out):
             return
-        room, rules, role = self._moderated_room(s, req.room, action)
+        room, rules, role = self._moderated_room(s, req.room, action, now)
         try:
             key = self._check_target(s, role, action, req.nick, rules, room.name)
         except ProtocolError:
@@ -1602,7 +1619,7 @@ class Core:
     def _invite(self, s: Session, req: Invite, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
             return
-        room, rules, _ = self._moderated_room(s, req.room, "invite")
+        room, rules, _ = self._moderated_room(s, req.room, "invite", now)
         key = nick_key(req.nick)
         if key in rules.invited:
             self._unchanged(s, req.id, room, now, out)
@@ -1637,7 +1654,7 @@ class Core:
     def _uninvite(self, s: Session, req: Uninvite, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
             return
-        room, rules, _ = self._moderated_room(s, req.room, "invite")
+        room, rules, _ = self._moderated_room(s, req.room, "invite", now)
         key = nick_key(req.nick)
         if key not in rules.invited:
             self._unchanged(s, req.id, room, now, out)
@@ -1656,7 +1673,7 @@ class Core:
     def _kick(self, s: Session, req: Kick, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
             return
-        room, rules, role = self._moderated_room(s, req.room, "kick")
+        room, rules, role = self._moderated_room(s, req.room, "kick", now)
         try:
             key = self._check_target(s, role, "kick", req.nick, rules, room.name)
             if not self._is_in(room, key):
@@ -1758,7 +1775,7 @@ class Core:
         if req.room == SERVER_ROOM:
             self._ban_server(s, req, entry, now, out)
             return
-        room, rules, role = self._moderated_room(s, req.room, "ban")
+        room, rules, role = self._moderated_room(s, req.room, "ban", now)
         try:
             # Whoever the mask covers here must rank below the one banning.
             # (Never the one banning: they would always come back in.)
@@ -1844,7 +1861,7 @@ class Core:
             self._save_rules(SERVER_ROOM, rules, now)
             self._acked(s, req.id, Ack(id=req.id, ts=format_ts(now)), now, out)
             return
-        room, rules, _ = self._moderated_room(s, req.room, "unban")
+        room, rules, _ = self._moderated_room(s, req.room, "unban", now)
         if not any(b.mask == req.mask and b.live(now) for b in rules.bans):
             self._done_with(room)
             raise ProtocolError(Code.BAD_REQUEST, f"{req.mask} is not banned from #{room.name}")
@@ -1856,7 +1873,7 @@ class Core:
     def _mute(self, s: Session, req: Mute, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
             return
-        room, rules, role = self._moderated_room(s, req.room, "mute")
+        room, rules, role = self._moderated_room(s, req.room, "mute", now)
         try:
             key = self._check_target(s, role, "mute", req.nick, rules, room.name)
             mask = f"nick:{key}"
@@ -1894,7 +1911,7 @@ class Core:
     def _unmute(self, s: Session, req: Unmute, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
             return
-        room, rules, role = self._moderated_room(s, req.room, "unmute")
+        room, rules, role = self._moderated_room(s, req.room, "unmute", now)
         try:
             key = self._check_target(s, role, "unmute", req.nick, rules, room.name)
             if rules.muted(key, now) is None:
@@ -1910,7 +1927,7 @@ class Core:
     def _mode(self, s: Session, req: Mode, now: float, out: Outbox) -> None:
         if self._repeat(s, req.id, out):
             return
-        room, rules, _ = self._moderated_room(s, req.room, "mode")
+        room, rules, _ = self._moderated_room(s, req.room, "mode", now)
         changes = [
             (flag, on)
             for flag, on in (
@@ -1944,7 +1961,7 @@ class Core:
                 raise ProtocolError(Code.FORBIDDEN, "only server operators list server bans")
             rules = self._server_rules()
         else:
-            room, rules, _ = self._moderated_room(s, req.room, "bans")
+            room, rules, _ = self._moderated_room(s, req.room, "bans", now)
             self._done_with(room)
 
         def ts(at: float | None) -> str | None:

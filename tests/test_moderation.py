@@ -627,3 +627,26 @@ def test_with_curve_a_mute_holds_for_the_key_under_any_nick() -> None:
     # Others are not muted by it.
     join_as(w, b"c", "carol", key="C" * 40)
     assert ok(ask_as(w, b"c", m.Say(room="r", text="not me"), "C" * 40))
+
+
+def test_a_change_to_a_long_moderation_costs_in_proportion_to_its_size() -> None:
+    """Each change rewrites the room's moderation whole: past 16 KiB of it,
+    a token more per 16 KiB, so an owner cannot make the store rewrite
+    hundreds of KiB twenty times a second."""
+    from broker._moderation import Entry, Rules, dump
+
+    w = World(rate=20.0, burst=40, address_rate=0)
+    bans = [
+        Entry(mask=f"addr:10.0.{i // 250}.{i % 250}", by="x", at=0, reason="r" * 300)
+        for i in range(200)
+    ]
+    body = dump(Rules(owner="alice", bans=bans))
+    assert 4 * 16 * 1024 <= len(body) < 5 * 16 * 1024  # 4 tokens more
+    w.store.set_rules("r", body)
+    w.store.commit()
+    join_as(w, b"a", "alice")
+    made = 0
+    while ok(w.ask(b"a", m.Ban(room="r", mask=f"addr:192.0.2.{made}"))):
+        made += 1
+    assert 5 <= made <= 7  # 2 + 4 tokens a ban from a bucket of 40 (it was 20 bans)
+    assert w.ask(b"a", m.Ban(room="r", mask="addr:192.0.2.250")).code == "rate_limited"

@@ -178,6 +178,39 @@ def attack_join_part(b: Broker, ctx: Any, going: Callable[[], bool]) -> str:
     return f"{2 * ok / (time.monotonic() - start):.0f} join/leave events/s (limit 20/s)"
 
 
+def _store_bytes(b: Broker) -> int:
+    return sum(
+        os.path.getsize(b.store + ext) for ext in ("", "-wal") if os.path.exists(b.store + ext)
+    )
+
+
+def attack_moderation(b: Broker, ctx: Any, going: Callable[[], bool]) -> str:
+    """Owners of rooms (anyone who makes one) filling their ban lists with
+    300-character reasons as fast as they may: each change rewrites the
+    room's moderation in the store."""
+    before = _store_bytes(b)
+    owners = []
+    for i in range(5):
+        c = RawClient(ctx, from_address(b.endpoint, "127.0.0.2"))
+        c.request({"type": "hello", "nick": f"owner{i}"})
+        c.request({"type": "join", "room": f"mine{i}"})
+        owners.append(c)
+    acked = refused = n = 0
+    while going():
+        for i, c in enumerate(owners):
+            n += 1
+            mask = f"addr:10.{i}.{n // 250 % 250}.{n % 250}"
+            r = c.request({"type": "ban", "room": f"mine{i}", "mask": mask, "reason": "x" * 300})
+            acked += r["type"] == "ack"
+            refused += r["type"] == "error"
+    for c in owners:
+        c.close()
+    grown = (_store_bytes(b) - before) / MIB
+    return (
+        f"{acked:,} bans made, {refused:,} refused (rate, --max-moderation); store +{grown:.1f} MiB"
+    )
+
+
 def attack_pms(b: Broker, ctx: Any, going: Callable[[], bool]) -> str:
     for i in range(50):
         gone = RawClient(ctx, from_address(b.endpoint, "127.0.0.3"))
@@ -257,6 +290,7 @@ ATTACKS: list[tuple[str, Callable[[Broker, Any, Callable[[], bool]], str], tuple
     ("8 pms for the absent", attack_pms, ("--timeout-ms", "60000", "--held-pm-mb", "16", *FAST)),
     ("9 a subscriber that never reads", attack_lazy_subscriber, ("--timeout-ms", "3000", *FAST)),
     ("10 10,000 connections", attack_connections, ("--max-connections", "500")),
+    ("11 ban lists filled", attack_moderation, ()),
 ]
 
 
