@@ -533,6 +533,9 @@ class RedisBackend:
             raise self._failed(err) from None
         self.failed = False
         self._found(rooms, places, answers)
+        self._clear_batch()
+
+    def _clear_batch(self) -> None:
         self._events.clear()
         self._topics.clear()
         self._rules.clear()
@@ -648,12 +651,7 @@ class RedisBackend:
             self._flight = None
             pipe.connection.disconnect()  # (its answers are never read)
             pipe.reset()
-        self._events.clear()
-        self._topics.clear()
-        self._rules.clear()
-        self._claims.clear()
-        self._pm_ids.clear()
-        self.ops.clear()
+        self._clear_batch()
         self.results = {}
         self.failed = False
 

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,31 @@ async def until(client: Client, pred: Callable[[Any], bool], timeout: float = 10
         item = await client.next_item(timeout)
         if pred(item):
             return item
+
+
+async def refused_in_time(
+    ask: Callable[[], Awaitable[Any]], code: str, what: str, timeout: float = 10
+) -> RequestRefused:
+    """Ask until the broker refuses with ``code`` (a node hears of another's
+    change a moment later), and return that refusal; fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await ask()
+        except RequestRefused as err:
+            if err.code == code:
+                return err
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+def hello_on(endpoint: str, nick: str) -> Callable[[], Awaitable[None]]:
+    async def ask() -> None:
+        async with Client(endpoint, nick, rooms=[]):
+            pass
+
+    return ask
 
 
 def test_owner_kicks_bans_mutes_and_a_restart_keeps_it(broker: Broker) -> None:
@@ -238,16 +263,11 @@ def test_moderation_is_shared_by_the_nodes_of_a_cluster(
             # is told. Its says are refused there once it is.
             async with Client(b.endpoint, "script", rooms=["ops"], quiet=True) as script:
                 await alice.kick("ops", "script", "no bots here")
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 10
-                while True:
-                    try:
-                        await script.say("ops", "still talking")
-                    except RequestRefused as err:
-                        assert err.code == "not_in_room"
-                        break
-                    assert loop.time() < deadline, "the script was never put out on node b"
-                    await asyncio.sleep(0.05)
+                await refused_in_time(
+                    lambda: script.say("ops", "still talking"),
+                    "not_in_room",
+                    "the script was never put out on node b",
+                )
             # A server notice from node a reaches the clients of node b too.
             await alice.oper(PASSWORD)
             await alice.wall("the cluster restarts at noon")
@@ -266,16 +286,10 @@ def test_moderation_is_shared_by_the_nodes_of_a_cluster(
             assert (left.reason, left.by) == ("kick", "alice")
             # Node b forgets her session within a lease renewal (a second);
             # until then her nick is still in use there.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while True:
-                with pytest.raises(RequestRefused) as refused:
-                    async with Client(b.endpoint, "carol", rooms=[]):
-                        pass
-                if refused.value.code == "forbidden" or loop.time() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            assert "banned from this server" in refused.value.message
+            refused = await refused_in_time(
+                hello_on(b.endpoint, "carol"), "forbidden", "carol was never refused on node b"
+            )
+            assert "banned from this server" in refused.message
 
     run(body(), 60)
 
@@ -394,16 +408,11 @@ def test_an_address_ban_puts_out_members_on_every_node(
             assert (left.reason, left.by, left.text) == ("kick", "alice", "same place")
             listed = await alice.bans("den")
             assert [x.mask for x in listed.bans] == ["addr:127.0.0.1"]  # his, from node b
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while True:
-                try:
-                    await xavier.say("den", "still here?")
-                except RequestRefused as err:
-                    assert err.code == "not_in_room"
-                    break
-                assert loop.time() < deadline, "xavier was never put out on node b"
-                await asyncio.sleep(0.05)
+            await refused_in_time(
+                lambda: xavier.say("den", "still here?"),
+                "not_in_room",
+                "xavier was never put out on node b",
+            )
             with pytest.raises(RequestRefused, match="banned"):
                 await xavier.join("den")
 
@@ -458,16 +467,10 @@ def test_a_server_ban_by_address_ends_sessions_on_every_node(
             await root.ban("*", mask="addr:127.0.0.0/8", reason="the whole block")
             left = await until(root, lambda i: isinstance(i, LeaveEvent) and i.nick == "yves")
             assert (left.reason, left.by, left.text) == ("kick", "root", "the whole block")
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            while True:
-                with pytest.raises(RequestRefused) as refused:
-                    async with Client(b.endpoint, "yves2", rooms=[]):
-                        pass
-                if refused.value.code == "forbidden" or loop.time() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            assert "banned from this server" in refused.value.message
+            refused = await refused_in_time(
+                hello_on(b.endpoint, "yves2"), "forbidden", "yves2 was never refused on node b"
+            )
+            assert "banned from this server" in refused.message
             await root.unban("*", "addr:127.0.0.0/8")
 
     run(body(), 60)
