@@ -177,7 +177,9 @@ class FullscreenUI(ChatUI):
     def show(self, renderable: Any) -> None:
         key = self.viewing
         if key is not None and not key.startswith(PM) and key not in self.client.rooms:
-            key = self.current  # the room shown was just left: said where we are now
+            # The room shown was left: said where we are now, or, in no room
+            # (put out of the last), in the window still shown.
+            key = self.current or key
         self.add(self.route or key or self.current, renderable)
 
     def pm_key(self, nick: str) -> str:

@@ -536,10 +536,15 @@ def test_a_kick_leaves_the_window_with_who_and_why_and_marks_operators(broker: B
                 await owner.op("ops", "alice")
                 await until(pilot, lambda: "@alice" in str(app.panels.get("members")), "@alice")
                 assert "~owner" in str(app.panels.get("members"))
+                await owner.deop("ops", "alice")  # (operators always come back in)
                 await owner.kick("ops", "alice", "bye now")
                 await until(pilot, lambda: "put out by owner: bye now" in app.log_text(), "kick")
                 assert "/join ops to try to come back" in app.log_text()
                 assert "ops" not in app.client.rooms
+                # Its last room: what is said now is shown in that window.
+                await owner.mode("ops", invite_only=True)
+                await pilot.press(*"/join ops", "enter")
+                await until(pilot, lambda: "ask one of its operators" in app.log_text(), "refusal")
 
     run(body())
 
