@@ -446,13 +446,21 @@ class Cluster:
         pipe.hgetall(NODES)
         answers = pipe.execute()
         found = answers[-1]
-        for s, renewed in zip(mine, answers[1:-1:2], strict=True):
-            if not renewed and core is not None:
-                # Its lease ran out while this node stalled, and another node
-                # ended it (its leaves are out): forgotten here too; its
-                # client's next request starts it again.
-                log.warning("%s was ended by another node while this one stalled", s.nick)
-                core.moved_away(s.key, now)
+        # CH counts leases changed, not leases there: one written with this
+        # very deadline (a session made in this loop turn) counts 0 too. Those
+        # are asked about again; only a lease that is gone means ended.
+        unchanged = [s for s, renewed in zip(mine, answers[1:-1:2], strict=True) if not renewed]
+        if unchanged and core is not None:
+            pipe = self.r.pipeline(transaction=False)
+            for s in unchanged:
+                pipe.zscore(LEASES, session_key(s.key))
+            for s, score in zip(unchanged, pipe.execute(), strict=True):
+                if score is None:
+                    # Its lease ran out while this node stalled, and another
+                    # node ended it (its leaves are out): forgotten here too;
+                    # its client's next request starts it again.
+                    log.warning("%s was ended by another node while this one stalled", s.nick)
+                    core.moved_away(s.key, now)
         nodes = []
         for node, value in found.items():
             endpoint, _, until = value.decode().rpartition(" ")

@@ -89,8 +89,11 @@ async def run_chaos(
     down_for: tuple[float, float] = (0.0, 2.0),
     seed: int = 1,
     pace: float = 0.0,
+    min_kills: int = 0,
 ) -> Report:
-    """Send numbered messages while the broker is killed and restarted;
+    """Send numbered messages while the broker is killed and restarted (for
+    ``seconds``, and on until ``min_kills`` kills: a loaded machine restarts
+    brokers slowly);
     check that every subscriber got every acknowledged message exactly once,
     in each sender's order, and that the store has each once with no hole."""
     rng = random.Random(seed)
@@ -129,6 +132,8 @@ async def run_chaos(
             await asyncio.gather(*tasks)
         else:
             await asyncio.sleep(seconds)  # the length of the run, not a wait for anything
+            while report.kills < min_kills:
+                await asyncio.sleep(0.05)  # polling the killer; the caller bounds the time
         stop.set()
         await chaos
         await asyncio.gather(*tasks)

@@ -929,3 +929,29 @@ def test_every_session_is_looked_at_once_while_leases_are_renewed(redis_server: 
     finally:
         cluster.ps.close()
         backend.close()
+
+
+def test_a_lease_renewed_in_the_turn_that_made_it_is_not_taken_for_ended(
+    redis_server: Any,
+) -> None:
+    """A lease renewed with the very deadline it was written with changes
+    nothing (ZADD CH counts 0): the session is not ended for that (it was, on
+    a loaded machine, when the upkeep ran in the turn of the session's hello)."""
+    import messages as m
+
+    backend = RedisBackend(redis_server.url, node="n1")
+    cluster = Cluster(backend, node="n1", endpoint="tcp://127.0.0.1:1", timeout_s=3.0)
+    try:
+        core = Core(Config(), backend, directory=cluster)
+        now = 1_795_521_600.0
+        out = Outbox()
+        core.handle(b"a", m.Hello(nick="alice"), now, out, addr="127.0.0.1")
+        backend.commit()
+        cluster._renew(now, core)  # the same now: the same deadline
+        assert "alice" in core.nicks
+        redis_server.client().zrem("zchat:{s}:leases", "zchat:{s}:u:alice")
+        cluster._renew(now + 1, core)  # gone: ended elsewhere
+        assert "alice" not in core.nicks
+    finally:
+        cluster.ps.close()
+        backend.close()
